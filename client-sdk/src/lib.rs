@@ -1,0 +1,31 @@
+//! # samverkan-sdk
+//!
+//! The one definition of Samverkan's wire format, shared by the broker and by
+//! every agency system:
+//!
+//! * [`envelope`] — signed alert envelopes with selective disclosure: each
+//!   top-level field travels as a salted disclosure whose SHA-256 digest is
+//!   covered by the publisher's ed25519 signature, so fields can be withheld
+//!   per recipient without breaking the signature;
+//! * [`identifiers`] — personnummer, samordningsnummer, organisationsnummer
+//!   and kommunkod with their check rules;
+//! * [`keys`] — the registry of agency signing keys (validity windows,
+//!   revocation) and key files;
+//! * [`names`] — the syntax of agency ids, logical topics, alert types and
+//!   field names.
+//!
+//! The exact bytes that are hashed and signed are specified in
+//! `docs/PROTOCOL.md` together with known-answer test vectors.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod encoding;
+pub mod envelope;
+pub mod identifiers;
+pub mod keys;
+pub mod names;
+pub mod source;
+pub mod time;
+
+pub use envelope::{Digest, Disclosure, Envelope, EnvelopeError, EnvelopeHeader, VerifiedAlert};
+pub use keys::{AgencyKey, KeyError, KeyRegistry, KeyResolver};

@@ -94,7 +94,7 @@ pub enum EnvelopeError {
         name: String,
     },
     /// `issued_at` is too far from the verifier's clock.
-    #[error("issued_at is {}s away from the broker's clock (at most {}s allowed)", (.issued_at_ms - .now_ms).abs() / 1000, .max_skew_ms / 1000)]
+    #[error("issued_at is {}s away from the verifier's clock (at most {}s allowed)", skew_seconds(.issued_at_ms, .now_ms), .max_skew_ms / 1000)]
     ClockSkew {
         /// The signed issue time.
         issued_at_ms: i64,
@@ -106,6 +106,10 @@ pub enum EnvelopeError {
     /// The operating system's random source failed while making salts.
     #[error("random source failed: {0}")]
     Randomness(String),
+}
+
+fn skew_seconds(a: &i64, b: &i64) -> u64 {
+    a.abs_diff(*b) / 1000
 }
 
 impl EnvelopeError {
@@ -458,9 +462,17 @@ impl Envelope {
         })
     }
 
-    /// Parses the JSON form.
+    /// Parses the JSON form. Only JSON objects are accepted for the envelope
+    /// and its header (serde alone would also take arrays in field order).
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if !value.is_object() || !value.get("header").is_some_and(Value::is_object) {
+            return Err(EnvelopeError::Malformed(
+                "an envelope is a JSON object with a `header` object".into(),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| EnvelopeError::Malformed(e.to_string()))
     }
 
     /// The JSON form.

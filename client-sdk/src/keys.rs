@@ -275,13 +275,13 @@ impl KeyRegistry {
             let not_before_ms = time(&raw.not_before, "not_before");
             let not_after_ms = time(&raw.not_after, "not_after");
             let revoked_at_ms = time(&raw.revoked_at, "revoked_at");
-            if let (Some(nb), Some(na)) = (not_before_ms, not_after_ms) {
-                if nb >= na {
-                    err(
-                        span.start,
-                        "not_before must be earlier than not_after".into(),
-                    );
-                }
+            if let (Some(nb), Some(na)) = (not_before_ms, not_after_ms)
+                && nb >= na
+            {
+                err(
+                    span.start,
+                    "not_before must be earlier than not_after".into(),
+                );
             }
             let id = (raw.owner.get_ref().clone(), raw.id.get_ref().clone());
             if let Some(&first) = seen.get(&id) {
@@ -386,7 +386,11 @@ pub fn parse_public_key_base64(s: &str) -> Result<VerifyingKey, KeyFileError> {
     let bytes: [u8; 32] = bytes
         .try_into()
         .map_err(|_| format("an ed25519 public key is 32 bytes"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| format("not a valid ed25519 point"))
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| format("not a valid ed25519 point"))?;
+    if key.is_weak() {
+        return Err(format("a small-order (weak) ed25519 key cannot be used"));
+    }
+    Ok(key)
 }
 
 /// Generates a new signing key from the operating system's random source.

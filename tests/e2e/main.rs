@@ -1,1 +1,1 @@
-
+// End-to-end tests arrive with the broker.

@@ -1,0 +1,246 @@
+//! `samverkan policy check` and `samverkan policy explain`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use samverkan_broker::policy::{DecisionInput, PolicySet, Rule};
+use serde_json::{Map, Value};
+
+fn load(dir: &Path) -> Result<Option<PolicySet>> {
+    match PolicySet::load(dir) {
+        Ok(set) => Ok(Some(set)),
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(None)
+        }
+    }
+}
+
+pub fn check(dir: &Path) -> Result<ExitCode> {
+    let Some(set) = load(dir)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let list = |names: Vec<&str>| names.join(", ");
+    let revoked = set
+        .keys()
+        .iter()
+        .filter(|k| k.revoked_at_ms.is_some())
+        .count();
+    println!("policy set {} is valid", dir.display());
+    println!("  version      {}", set.version());
+    println!(
+        "  agencies     {}: {}",
+        set.agencies().len(),
+        list(set.agencies().keys().map(String::as_str).collect())
+    );
+    println!("  signing keys {} ({revoked} revoked)", set.keys().len());
+    println!(
+        "  legal bases  {}: {}",
+        set.legal_bases().len(),
+        list(set.legal_bases().keys().map(String::as_str).collect())
+    );
+    println!(
+        "  alert types  {}: {}",
+        set.alert_types().len(),
+        list(set.alert_types().keys().map(String::as_str).collect())
+    );
+    println!("  rules        {}:", set.rules().len());
+    for rule in set.rules() {
+        println!(
+            "    {:<44} {} -> {} under {}",
+            rule.id,
+            list(rule.publishers.iter().map(String::as_str).collect()),
+            list(rule.recipients.iter().map(String::as_str).collect()),
+            rule.legal_basis
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_rule(set: &PolicySet, rule: &Rule, recipient: &str) {
+    let basis = set.legal_bases().get(&rule.legal_basis);
+    println!("rule {} ({})", rule.id, rule.origin);
+    println!("  {}", rule.description);
+    println!(
+        "  legal basis  {}{}",
+        rule.legal_basis,
+        basis
+            .map(|b| format!(": {}", b.reference))
+            .unwrap_or_default()
+    );
+    println!("  purpose      {}", rule.purpose);
+    println!("  topics       {}", rule.topics.join(", "));
+    println!("  fields       {}", rule.fields.join(", "));
+    if rule.only_when_addressed {
+        println!("  only when    the publisher names {recipient} in the alert's `to`");
+    }
+    for c in &rule.conditions {
+        println!("  only if      {c}");
+    }
+}
+
+pub fn explain(
+    dir: &Path,
+    from: &str,
+    to: &str,
+    alert_type: &str,
+    topic: Option<&str>,
+    alert: Option<&Path>,
+) -> Result<ExitCode> {
+    let Some(set) = load(dir)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    for (what, id) in [("--from", from), ("--to", to)] {
+        if set.agency(id).is_none() {
+            eprintln!(
+                "{what} {id}: not an agency of the policy (agencies: {})",
+                set.agencies()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let Some(schema) = set.alert_type(alert_type) else {
+        eprintln!(
+            "--type {alert_type}: not an alert type of the policy (alert types: {})",
+            set.alert_types()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    println!(
+        "{from} -> {to}, {alert_type}{} (policy {})\n",
+        topic.map(|t| format!(" on {t}")).unwrap_or_default(),
+        set.short_version()
+    );
+
+    if let (Some(path), Some(topic)) = (alert, topic) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let Value::Object(fields) = value else {
+            eprintln!(
+                "{}: the alert must be a JSON object of fields",
+                path.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        };
+        if let Err(problems) = schema.validate(&Value::Object(fields.clone())) {
+            println!("The alert would be refused: it does not match the schema of {alert_type}:");
+            for p in problems {
+                println!("  {p}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        explain_alert(&set, from, to, alert_type, topic, &fields);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let rules: Vec<&Rule> = set
+        .rules()
+        .iter()
+        .filter(|r| {
+            r.publishers.contains(from)
+                && r.recipients.contains(to)
+                && r.alert_types.contains(alert_type)
+                && topic.is_none_or(|t| {
+                    r.topics
+                        .iter()
+                        .any(|f| samverkan_sdk::names::topic_matches(f, t))
+                })
+        })
+        .collect();
+    if rules.is_empty() {
+        println!(
+            "Nothing goes: no rule lets {to} receive {alert_type} from {from} (default deny)."
+        );
+        let others: std::collections::BTreeSet<&str> = set
+            .rules()
+            .iter()
+            .filter(|r| r.publishers.contains(from) && r.alert_types.contains(alert_type))
+            .flat_map(|r| r.recipients.iter().map(String::as_str))
+            .filter(|r| *r != from)
+            .collect();
+        if others.is_empty() {
+            println!("No rule lets {from} share {alert_type} with anyone.");
+        } else {
+            println!(
+                "Rules let {from} share {alert_type} with: {}.",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} rule{} can apply, tried in this order; the first whose conditions hold decides:\n",
+        rules.len(),
+        if rules.len() == 1 { "" } else { "s" }
+    );
+    for rule in rules {
+        print_rule(&set, rule, to);
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain_alert(
+    set: &PolicySet,
+    from: &str,
+    to: &str,
+    alert_type: &str,
+    topic: &str,
+    fields: &Map<String, Value>,
+) {
+    let addressed = [to.to_string()];
+    for (label, to_list) in [
+        ("Without an explicit `to`", None),
+        (&*format!("With `to` naming {to}"), Some(&addressed[..])),
+    ] {
+        let decision = set.decide(&DecisionInput {
+            publisher: from,
+            topic,
+            alert_type,
+            fields,
+            to: to_list,
+        });
+        print!("{label}: ");
+        if let Some(share) = decision.shares.iter().find(|s| s.recipient == to) {
+            println!(
+                "{to} receives under rule {} ({})",
+                share.rule_id, share.legal_basis
+            );
+            println!("  purpose  {}", share.purpose);
+            println!("  fields   {}", share.fields.join(", "));
+            let withheld: Vec<&String> = fields
+                .keys()
+                .filter(|f| !share.fields.contains(f))
+                .collect();
+            if !withheld.is_empty() {
+                println!(
+                    "  withheld {}",
+                    withheld
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        } else if let Some(denial) = decision
+            .denials
+            .iter()
+            .find(|d| d.recipient.as_deref() == Some(to))
+        {
+            println!("{to} receives nothing: {}", denial.reason);
+        } else {
+            println!("{to} receives nothing: no rule covers it unless it is addressed");
+        }
+    }
+}

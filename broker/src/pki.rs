@@ -1,0 +1,454 @@
+//! The development PKI: a federation CA, one TLS client certificate per
+//! agency (O = agency id), a server certificate for the broker, and ed25519
+//! signing keys for every agency and for the broker.
+//!
+//! **Everything made here is for development and tests only.** The private
+//! keys are written in the clear, the CA key sits next to the certificates,
+//! and every certificate says "DEVELOPMENT" in its common name. Production
+//! agencies get their certificates from the federation's real CA and keep
+//! their signing keys in their own key stores.
+//!
+//! rcgen builds the certificates (no `openssl` command line), with ring as
+//! the only crypto provider of the process.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use samverkan_sdk::keys::{self, AgencyKey, KeyRegistry};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+/// Common name of the development federation CA.
+pub const DEV_CA_NAME: &str = "Samverkan DEVELOPMENT federation CA - not for production";
+/// Key owner name of the broker's own signing keys.
+pub const BROKER_KEY_OWNER: &str = "broker";
+
+/// Why the PKI could not be made or read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A key could not be made or encoded.
+    #[error(transparent)]
+    Key(#[from] keys::KeyFileError),
+    /// The policy's agencies could not be read.
+    #[error("{0}")]
+    Policy(String),
+    /// The operating system's random source failed.
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    fs::write(path, contents).map_err(io)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A random 128-bit positive serial number (RFC 5280 4.1.2.2).
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| PkiError::Random(e.to_string()))?;
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // no leading zero byte to strip
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+/// The parameters that identify a CA: its name and what its key may sign.
+fn ca_params(common_name: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// A certificate authority that can issue certificates (the development
+/// federation CA, or the broker's internal CA).
+pub struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    cert_pem: String,
+}
+
+impl Ca {
+    /// A new self-signed CA named `common_name`, valid for `days`.
+    pub fn generate(common_name: &str, days: i64) -> Result<Self, PkiError> {
+        let mut params = ca_params(common_name)?;
+        params.serial_number = Some(random_serial()?);
+        validity(&mut params, days);
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// Loads a CA made by [`Ca::generate`] from its certificate and key files.
+    /// The issuer name is rebuilt from `common_name`, which must be the one
+    /// the CA was generated with.
+    pub fn load(cert: &Path, key: &Path, common_name: &str) -> Result<Self, PkiError> {
+        let cert_pem = read(cert)?;
+        let key = KeyPair::from_pem(&read(key)?)?;
+        let params = ca_params(common_name)?;
+        Ok(Self {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// The CA certificate in PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key in PEM (PKCS#8).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    fn issuer(&self) -> Issuer<'_, &KeyPair> {
+        Issuer::from_params(&self.params, &self.key)
+    }
+
+    /// Issues a TLS client certificate whose subject has the given O= values
+    /// (normally exactly one: the agency id; at most two, the second only to
+    /// test that such certificates are refused) and common name.
+    pub fn issue_client(
+        &self,
+        organizations: &[&str],
+        common_name: &str,
+        days: i64,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        // DistinguishedName keeps one value per type, so a second O= is
+        // written under a custom type with the same OID (2.5.4.10).
+        let types = [
+            DnType::OrganizationName,
+            DnType::CustomDnType(vec![2, 5, 4, 10]),
+        ];
+        for (ty, o) in types.into_iter().zip(organizations) {
+            dn.push(ty, *o);
+        }
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        self.issue(params, days)
+    }
+
+    /// Issues a TLS server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+        days: i64,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params =
+            CertificateParams::new(dns_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        self.issue(params, days)
+    }
+
+    fn issue(&self, mut params: CertificateParams, days: i64) -> Result<IssuedCert, PkiError> {
+        params.serial_number = Some(random_serial()?);
+        validity(&mut params, days);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer())?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// A certificate and its private key, in PEM.
+#[derive(Clone)]
+pub struct IssuedCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl IssuedCert {
+    /// Writes `<stem>.pem` and `<stem>.key` into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), PkiError> {
+        write(&dir.join(format!("{stem}.pem")), &self.cert_pem, false)?;
+        write(&dir.join(format!("{stem}.key")), &self.key_pem, true)
+    }
+}
+
+/// Where the files of a development PKI are.
+#[derive(Debug, Clone)]
+pub struct DevPkiLayout {
+    /// The directory (normally `certs-dev/`).
+    pub dir: PathBuf,
+}
+
+impl DevPkiLayout {
+    /// The layout under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    /// Federation CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// Federation CA key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    /// Broker TLS server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("broker.pem")
+    }
+    /// Broker TLS server key.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("broker.key")
+    }
+    /// Broker ed25519 signing key (PKCS#8 PEM).
+    pub fn broker_signing_key(&self) -> PathBuf {
+        self.dir.join("broker-signing.key")
+    }
+    /// Registry of the broker's public signing keys, for SDK clients.
+    pub fn broker_keys(&self) -> PathBuf {
+        self.dir.join("broker-keys.toml")
+    }
+    /// Directory of one agency's files.
+    pub fn agency_dir(&self, agency: &str) -> PathBuf {
+        self.dir.join(agency)
+    }
+    /// An agency's TLS client certificate.
+    pub fn client_cert(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("client.pem")
+    }
+    /// An agency's TLS client key.
+    pub fn client_key(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("client.key")
+    }
+    /// An agency's ed25519 signing key (PKCS#8 PEM).
+    pub fn signing_key(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("signing.key")
+    }
+    /// An agency's ed25519 public key (SPKI PEM).
+    pub fn signing_public_key(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("signing.pub")
+    }
+    /// The key id of an agency's development signing key.
+    pub fn signing_key_id(agency: &str) -> String {
+        format!("{agency}-dev-1")
+    }
+    /// The key id of the broker's development signing key.
+    pub fn broker_key_id() -> String {
+        "broker-dev-1".to_string()
+    }
+    /// Whether the PKI looks complete for the given agencies.
+    pub fn is_complete(&self, agencies: &[String]) -> bool {
+        [
+            self.ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+            self.broker_signing_key(),
+            self.broker_keys(),
+        ]
+        .iter()
+        .chain(
+            agencies
+                .iter()
+                .flat_map(|a| [self.client_cert(a), self.client_key(a), self.signing_key(a)])
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .all(|p| p.exists())
+    }
+}
+
+const README: &str = "\
+# certs-dev: DEVELOPMENT PKI - NOT FOR PRODUCTION
+
+Everything in this directory was generated by `samverkan pki dev` for local
+development and tests. The private keys are public (they are in version
+control); anyone can impersonate any agency or the broker with them.
+Never trust this CA, these certificates or these signing keys outside a
+development machine.
+
+| file | what |
+|---|---|
+| `ca.pem`, `ca.key` | the development federation CA |
+| `broker.pem`, `broker.key` | the broker's TLS server certificate (localhost, 127.0.0.1) |
+| `broker-signing.key` | the broker's ed25519 signing key (receipts, share stamps, checkpoints) |
+| `broker-keys.toml` | the broker's public signing keys, for SDK clients |
+| `<agency>/client.pem`, `<agency>/client.key` | the agency's TLS client certificate (O = agency id) |
+| `<agency>/signing.key`, `<agency>/signing.pub` | the agency's ed25519 signing key; the public half is also in `policies/keys.toml` |
+
+Regenerate with `samverkan pki dev --force` (this also rewrites
+`policies/keys.toml`, which changes the policy version).
+";
+
+/// What [`generate_dev`] made.
+#[derive(Debug, Clone)]
+pub struct DevPkiReport {
+    /// The directory written.
+    pub dir: PathBuf,
+    /// The agencies that got certificates and keys.
+    pub agencies: Vec<String>,
+    /// The key registry file rewritten in the policy set.
+    pub keys_file: PathBuf,
+}
+
+/// Generates a complete development PKI in `out` for the agencies listed in
+/// `policy_dir/agencies.toml`, and rewrites `policy_dir/keys.toml` with the
+/// agencies' new public signing keys.
+pub fn generate_dev(out: &Path, policy_dir: &Path) -> Result<DevPkiReport, PkiError> {
+    let agencies =
+        crate::policy::agency_ids(policy_dir).map_err(|e| PkiError::Policy(e.to_string()))?;
+    let layout = DevPkiLayout::new(out);
+    const DAYS: i64 = 3650;
+
+    let ca = Ca::generate(DEV_CA_NAME, DAYS)?;
+    write(&layout.ca_cert(), ca.cert_pem(), false)?;
+    write(&layout.ca_key(), &ca.key_pem(), true)?;
+    write(&out.join("README.md"), README, false)?;
+
+    let server = ca.issue_server(
+        "samverkan broker (DEVELOPMENT certificate, not for production)",
+        &["localhost"],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        DAYS,
+    )?;
+    server.write(out, "broker")?;
+
+    let now = samverkan_sdk::time::now_ms();
+    let broker_key = keys::generate_signing_key()?;
+    write(
+        &layout.broker_signing_key(),
+        &keys::signing_key_pem(&broker_key)?,
+        true,
+    )?;
+    let mut broker_registry = KeyRegistry::new();
+    broker_registry.insert(AgencyKey {
+        owner: BROKER_KEY_OWNER.into(),
+        key_id: DevPkiLayout::broker_key_id(),
+        public_key: broker_key.verifying_key(),
+        not_before_ms: Some(now - 3_600_000),
+        not_after_ms: None,
+        revoked_at_ms: None,
+        revocation_reason: None,
+    });
+    write(
+        &layout.broker_keys(),
+        &broker_registry.to_toml(
+            "The broker's public signing keys (receipts, share stamps, audit checkpoints).\nDEVELOPMENT keys generated by `samverkan pki dev`: not for production.",
+        ),
+        false,
+    )?;
+
+    let mut registry = KeyRegistry::new();
+    for agency in &agencies {
+        let dir = layout.agency_dir(agency);
+        let cert = ca.issue_client(
+            &[agency],
+            &format!("{agency} (DEVELOPMENT certificate, not for production)"),
+            DAYS,
+        )?;
+        cert.write(&dir, "client")?;
+        let signing = keys::generate_signing_key()?;
+        write(
+            &layout.signing_key(agency),
+            &keys::signing_key_pem(&signing)?,
+            true,
+        )?;
+        write(
+            &layout.signing_public_key(agency),
+            &keys::public_key_pem(&signing.verifying_key())?,
+            false,
+        )?;
+        registry.insert(AgencyKey {
+            owner: agency.clone(),
+            key_id: DevPkiLayout::signing_key_id(agency),
+            public_key: signing.verifying_key(),
+            not_before_ms: Some(now - 3_600_000),
+            not_after_ms: None,
+            revoked_at_ms: None,
+            revocation_reason: None,
+        });
+    }
+    let keys_file = policy_dir.join("keys.toml");
+    write(
+        &keys_file,
+        &registry.to_toml(
+            "Agency signing keys (ed25519). Alerts are verified against these.\n\
+             An agency may have several keys (rotation); set revoked_at to cut one off.\n\
+             These are DEVELOPMENT keys generated by `samverkan pki dev` (private halves in certs-dev/):\n\
+             replace them with the agencies' real public keys for production.",
+        ),
+        false,
+    )?;
+    Ok(DevPkiReport {
+        dir: out.to_path_buf(),
+        agencies,
+        keys_file,
+    })
+}

@@ -1,0 +1,228 @@
+//! The `samverkan` binary's policy and pki commands, run as a user would.
+
+mod common;
+
+use common::{copy_dir, shipped_policies};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn samverkan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samverkan"))
+        .args(args)
+        .output()
+        .expect("run samverkan")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn shipped() -> PathBuf {
+    shipped_policies()
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_set() {
+    let out = samverkan(&["policy", "check", shipped().to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("is valid"));
+    assert!(stdout.contains("version      sha256:"));
+    assert!(stdout.contains("agencies     7:"));
+    assert!(stdout.contains("alert types  6:"));
+}
+
+#[test]
+fn policy_check_refuses_an_unknown_legal_basis_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped(), dir.path());
+    let rules = dir.path().join("rules/welfare.toml");
+    let text_before = std::fs::read_to_string(&rules).unwrap();
+    let changed = text_before.replacen(
+        "legal_basis = \"osl-10-24\"",
+        "legal_basis = \"brottsbalken\"",
+        1,
+    );
+    let line = changed[..changed.find("brottsbalken").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    std::fs::write(&rules, changed).unwrap();
+
+    let out = samverkan(&["policy", "check", dir.path().to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let expected = format!("{}:{line}:", rules.display());
+    assert!(stderr.contains(&expected), "{stderr} lacks {expected}");
+    assert!(
+        stderr.contains("unknown legal basis `brottsbalken`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem"), "{stderr}");
+}
+
+#[test]
+fn policy_explain_says_what_goes_and_what_does_not() {
+    let p = shipped();
+    let dir = p.to_str().unwrap();
+    let out = samverkan(&[
+        "policy",
+        "explain",
+        "--dir",
+        dir,
+        "--from",
+        "polisen",
+        "--to",
+        "linkoping",
+        "--type",
+        "akrim.inspection_result",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(stdout.contains("Nothing goes"), "{stdout}");
+
+    let alert = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        alert.path(),
+        r#"{"subject_personnummer": "19121212-1212", "subject_kommunkod": "0580",
+            "benefit": "sjukpenning", "paying_agency": "forsakringskassan",
+            "period": {"from": "2026-01-01", "to": "2026-03-31"}, "grounds": "x"}"#,
+    )
+    .unwrap();
+    let out = samverkan(&[
+        "policy",
+        "explain",
+        "--dir",
+        dir,
+        "--from",
+        "forsakringskassan",
+        "--to",
+        "linkoping",
+        "--type",
+        "welfare.incorrect_payment",
+        "--topic",
+        "welfare/incorrect-payment/ost",
+        "--alert",
+        alert.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("receives under rule incorrect-payment-to-home-municipality"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("withheld grounds, paying_agency"),
+        "{stdout}"
+    );
+
+    let out = samverkan(&[
+        "policy",
+        "explain",
+        "--dir",
+        dir,
+        "--from",
+        "forsakringskassan",
+        "--to",
+        "nobody",
+        "--type",
+        "welfare.incorrect_payment",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("not an agency"));
+}
+
+#[test]
+fn pki_dev_makes_certificates_openssl_accepts() {
+    let work = tempfile::tempdir().unwrap();
+    let policies = work.path().join("policies");
+    copy_dir(&shipped(), &policies);
+    std::fs::remove_file(policies.join("keys.toml")).unwrap();
+    let out_dir = work.path().join("certs");
+    let out = samverkan(&[
+        "pki",
+        "dev",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("DEVELOPMENT"));
+
+    // The rewritten keys.toml makes the set valid again.
+    let out = samverkan(&["policy", "check", policies.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    // A second run refuses to overwrite without --force.
+    let again = samverkan(&[
+        "pki",
+        "dev",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+
+    let ca = out_dir.join("ca.pem");
+    for agency in [
+        "linkoping",
+        "norrkoping",
+        "polisen",
+        "skatteverket",
+        "forsakringskassan",
+        "kronofogden",
+        "akrimost",
+    ] {
+        let cert = out_dir.join(agency).join("client.pem");
+        let verify = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&cert)
+            .output()
+            .expect("openssl must be installed (the CI script installs it)");
+        assert!(
+            verify.status.success(),
+            "{}",
+            text(&verify).0 + &text(&verify).1
+        );
+        let subject = Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let subject = text(&subject).0;
+        assert!(subject.contains(&format!("O={agency}")), "{subject}");
+        assert!(subject.contains("DEVELOPMENT"), "{subject}");
+    }
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&ca)
+        .arg(out_dir.join("broker.pem"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+    assert!(
+        std::fs::read_to_string(out_dir.join("README.md"))
+            .unwrap()
+            .contains("NOT FOR PRODUCTION")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.join("linkoping/signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private keys must not be readable by others"
+        );
+    }
+}

@@ -11,6 +11,8 @@
 //!   and kommunkod with their check rules;
 //! * [`keys`] — the registry of agency signing keys (validity windows,
 //!   revocation) and key files;
+//! * [`messages`] — receipts, share stamps and deliveries signed by the broker;
+//! * [`topics`] — the MQTT topic layout;
 //! * [`names`] — the syntax of agency ids, logical topics, alert types and
 //!   field names.
 //!
@@ -23,9 +25,11 @@ pub mod encoding;
 pub mod envelope;
 pub mod identifiers;
 pub mod keys;
+pub mod messages;
 pub mod names;
 pub mod source;
 pub mod time;
+pub mod topics;
 
 pub use envelope::{Digest, Disclosure, Envelope, EnvelopeError, EnvelopeHeader, VerifiedAlert};
 pub use keys::{AgencyKey, KeyError, KeyRegistry, KeyResolver};

@@ -1,0 +1,115 @@
+//! MQTT topics. Every agency's topics live below `/tenants/{agency}/`, the
+//! prefix the broker enforces from the agency's TLS certificate. Users deal
+//! in *logical* topics (`welfare/incorrect-payment/ost`); these helpers add
+//! and strip the prefixes.
+//!
+//! | who | topic |
+//! |---|---|
+//! | agency publishes an alert | `/tenants/{me}/out/{logical topic}` |
+//! | broker delivers a share | `/tenants/{recipient}/in/{logical topic}` |
+//! | broker answers the publisher | `/tenants/{me}/receipts` |
+//! | recipient acknowledges shares | `/tenants/{me}/acks` |
+//! | recipient asks for unacknowledged shares | `/tenants/{me}/replay` |
+//! | broker publishes signed audit checkpoints | `/tenants/{agency}/in/_audit/checkpoint` |
+
+/// Where an agency publishes alerts on a logical topic.
+pub fn outbox(agency: &str, logical: &str) -> String {
+    format!("/tenants/{agency}/out/{logical}")
+}
+
+/// Where the broker delivers shares on a logical topic to an agency.
+pub fn inbox(agency: &str, logical: &str) -> String {
+    format!("/tenants/{agency}/in/{logical}")
+}
+
+/// Where the broker answers an agency's alerts.
+pub fn receipts(agency: &str) -> String {
+    format!("/tenants/{agency}/receipts")
+}
+
+/// Where an agency acknowledges shares.
+pub fn acks(agency: &str) -> String {
+    format!("/tenants/{agency}/acks")
+}
+
+/// Where an agency asks for a replay of unacknowledged shares.
+pub fn replay(agency: &str) -> String {
+    format!("/tenants/{agency}/replay")
+}
+
+/// Where the broker publishes signed audit checkpoints to an agency.
+pub fn checkpoint(agency: &str) -> String {
+    inbox(agency, "_audit/checkpoint")
+}
+
+/// A topic the broker listens to, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerTopic<'a> {
+    /// An alert on `/tenants/{agency}/out/{logical}`.
+    Outbox {
+        /// The tenant the message arrived from.
+        agency: &'a str,
+        /// The logical topic, as published (not yet validated).
+        logical: &'a str,
+    },
+    /// `/tenants/{agency}/acks`.
+    Acks {
+        /// The tenant.
+        agency: &'a str,
+    },
+    /// `/tenants/{agency}/replay`.
+    Replay {
+        /// The tenant.
+        agency: &'a str,
+    },
+}
+
+impl<'a> BrokerTopic<'a> {
+    /// Parses a topic the broker subscribed to; `None` for anything else.
+    pub fn parse(topic: &'a str) -> Option<Self> {
+        let rest = topic.strip_prefix("/tenants/")?;
+        let (agency, rest) = rest.split_once('/')?;
+        if let Some(logical) = rest.strip_prefix("out/") {
+            return Some(BrokerTopic::Outbox { agency, logical });
+        }
+        match rest {
+            "acks" => Some(BrokerTopic::Acks { agency }),
+            "replay" => Some(BrokerTopic::Replay { agency }),
+            _ => None,
+        }
+    }
+}
+
+/// The logical topic of an inbox topic of `agency`, if it is one.
+pub fn logical_of_inbox<'a>(agency: &str, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix("/tenants/")?
+        .strip_prefix(agency)?
+        .strip_prefix("/in/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        assert_eq!(outbox("polisen", "akrim/ost/x"), "/tenants/polisen/out/akrim/ost/x");
+        assert_eq!(
+            BrokerTopic::parse("/tenants/polisen/out/akrim/ost/x"),
+            Some(BrokerTopic::Outbox {
+                agency: "polisen",
+                logical: "akrim/ost/x"
+            })
+        );
+        assert_eq!(
+            BrokerTopic::parse("/tenants/polisen/acks"),
+            Some(BrokerTopic::Acks { agency: "polisen" })
+        );
+        assert_eq!(BrokerTopic::parse("/tenants/polisen/in/x"), None);
+        assert_eq!(BrokerTopic::parse("tenants/polisen/out/x"), None);
+        assert_eq!(logical_of_inbox("linkoping", &inbox("linkoping", "a/b")), Some("a/b"));
+        assert_eq!(logical_of_inbox("linkoping", &inbox("linkopingx", "a/b")), None);
+        assert_eq!(checkpoint("akrimost"), "/tenants/akrimost/in/_audit/checkpoint");
+    }
+}

@@ -7,10 +7,30 @@
 //!
 //! Modules, one concept each:
 //!
+//! * [`server`] — starts and stops everything below;
+//! * [`config`] — the configuration file;
+//! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
+//! * [`identity`] — the agency named by a client certificate;
+//! * [`mqtt`] — the embedded rumqttd;
+//! * [`router`] — the pipeline: authenticate, validate, decide, record, deliver;
 //! * [`policy`] — load, validate and apply the policy set;
+//! * [`limits`] — publish and connection limits;
+//! * [`audit`] — audit entries and their exact encoding;
+//! * [`store`] — SQLite and PostgreSQL through sqlx;
+//! * [`signer`] — the broker's signing key;
 //! * [`pki`] — the development PKI (never for production).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
+pub mod config;
+pub mod gateway;
+pub mod identity;
+pub mod limits;
+pub mod mqtt;
 pub mod pki;
 pub mod policy;
+pub mod router;
+pub mod server;
+pub mod signer;
+pub mod store;

@@ -284,6 +284,36 @@ impl PolicySet {
     }
 }
 
+/// The policy in force, shared by the gateway and the router and replaced
+/// whole on reload (readers keep the version they started with).
+#[derive(Debug)]
+pub struct PolicyHandle {
+    current: std::sync::RwLock<std::sync::Arc<PolicySet>>,
+}
+
+impl PolicyHandle {
+    /// A handle holding `set`.
+    pub fn new(set: PolicySet) -> Self {
+        Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(set)),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> std::sync::Arc<PolicySet> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `set` in force; returns the previous one.
+    pub fn replace(&self, set: PolicySet) -> std::sync::Arc<PolicySet> {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, std::sync::Arc::new(set))
+    }
+}
+
 /// The agency ids of `dir/agencies.toml` alone (for making a development PKI
 /// before the rest of the set, such as `keys.toml`, exists).
 pub fn agency_ids(dir: &Path) -> Result<Vec<String>, PolicyError> {

@@ -5,6 +5,7 @@
 
 mod pki_cmd;
 mod policy_cmd;
+mod serve_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker. Without --config: development defaults in the working
+    /// directory (policies/, certs-dev/ generated if missing, samverkan.db).
+    Serve {
+        /// A configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the public listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override the database URL (sqlite://FILE or postgres://…).
+        #[arg(long)]
+        store: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Inspect a policy set before it is deployed.
     Policy {
         #[command(subcommand)]
@@ -81,9 +98,38 @@ enum PkiCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            store,
+            log_format,
+        } => {
+            init_logging(log_format);
+            serve_cmd::serve(serve_cmd::ServeArgs {
+                config,
+                listen,
+                store,
+            })
+        }
         Command::Policy { command } => match command {
             PolicyCommand::Check { dir } => policy_cmd::check(&dir),
             PolicyCommand::Explain {

@@ -1,0 +1,114 @@
+//! `samverkan serve`
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use samverkan_broker::config::{BrokerConfig, DEV_PKI_DIR};
+use samverkan_broker::pki::{self, DevPkiLayout};
+use samverkan_broker::server::{Broker, redact_url};
+use tokio::net::TcpListener;
+
+pub struct ServeArgs {
+    pub config: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub store: Option<String>,
+}
+
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => match BrokerConfig::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        None => development_config()?,
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(url) = args.store {
+        config.store_url = url;
+    }
+    println!("Samverkan broker");
+    println!("  listening    mqtts://{} (MQTT 3.1.1 and 5, client certificate required)", config.listen);
+    println!("  policy       {}", config.policy_dir.display());
+    println!("  store        {}", redact_url(&config.store_url));
+    println!("  federation CA {}", config.tls.ca.display());
+    println!("  server cert  {}", config.tls.cert.display());
+    println!("  signing key  {} ({})", config.signing_key.display(), config.signing_key_id);
+    if let Some(crl) = &config.tls.crl {
+        println!("  CRL          {}", crl.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let mut broker = match Broker::start(config, listener).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: the broker did not start: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        let stopped = tokio::select! {
+            _ = shutdown_signal() => None,
+            r = broker.wait() => Some(r),
+        };
+        match stopped {
+            None => {
+                broker.shutdown().await;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(r) => {
+                eprintln!("error: the router stopped: {r:?}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+/// The development defaults in the working directory, generating the
+/// development PKI first if it is missing.
+fn development_config() -> Result<BrokerConfig> {
+    let root = Path::new(".");
+    let config = BrokerConfig::development(root);
+    let agencies = samverkan_broker::policy::agency_ids(&config.policy_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let layout = DevPkiLayout::new(DEV_PKI_DIR);
+    if !layout.is_complete(&agencies) {
+        println!("No complete development PKI in {DEV_PKI_DIR}/: generating one (DEVELOPMENT ONLY)");
+        pki::generate_dev(Path::new(DEV_PKI_DIR), &config.policy_dir)?;
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

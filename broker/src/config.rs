@@ -1,0 +1,292 @@
+//! The broker's configuration: a TOML file of plain values (every setting
+//! optional, with development defaults), checked into a [`BrokerConfig`].
+//!
+//! Relative paths in a file are relative to the file's directory; the
+//! development defaults are relative to the working directory.
+//!
+//! ```toml
+//! [gateway]
+//! listen = "127.0.0.1:8883"
+//! handshake_timeout_ms = 10000
+//! connect_timeout_ms = 10000
+//! max_connections_per_agency = 64
+//! connection_attempts_per_minute = 120
+//!
+//! [tls]
+//! ca = "certs-dev/ca.pem"
+//! cert = "certs-dev/broker.pem"
+//! key = "certs-dev/broker.key"
+//! # crl = "crl.pem"
+//!
+//! [signing]
+//! key = "certs-dev/broker-signing.key"
+//! key_id = "broker-dev-1"
+//!
+//! [policy]
+//! dir = "policies"
+//!
+//! [store]
+//! url = "sqlite://samverkan.db"
+//!
+//! [router]
+//! max_payload_bytes = 262144
+//! max_clock_skew_ms = 300000
+//! batch_max = 512
+//! ```
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use samverkan_sdk::names;
+use samverkan_sdk::source::SourceError;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::gateway::{GatewaySettings, TlsFiles};
+use crate::mqtt::MqttSettings;
+use crate::router::RouterSettings;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    gateway: RawGateway,
+    tls: RawTls,
+    signing: RawSigning,
+    policy: RawPolicy,
+    store: RawStore,
+    router: RawRouter,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGateway {
+    listen: Option<Spanned<String>>,
+    handshake_timeout_ms: Option<Spanned<u64>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    max_connections_per_agency: Option<Spanned<u64>>,
+    connection_attempts_per_minute: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    crl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSigning {
+    key: Option<String>,
+    key_id: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouter {
+    max_payload_bytes: Option<Spanned<u64>>,
+    max_clock_skew_ms: Option<Spanned<u64>>,
+    batch_max: Option<Spanned<u64>>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The public MQTT-over-TLS address.
+    pub listen: SocketAddr,
+    /// The public listener's certificates.
+    pub tls: TlsFiles,
+    /// The broker's ed25519 signing key (PKCS#8 PEM).
+    pub signing_key: PathBuf,
+    /// The id of that key in the broker key registry.
+    pub signing_key_id: String,
+    /// The policy directory.
+    pub policy_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub store_url: String,
+    /// Gateway timeouts.
+    pub gateway: GatewaySettings,
+    /// TCP connections per minute per source address.
+    pub connection_attempts_per_minute: NonZeroU32,
+    /// Concurrent connections per agency.
+    pub max_connections_per_agency: usize,
+    /// Pipeline limits.
+    pub router: RouterSettings,
+    /// Embedded broker sizes.
+    pub mqtt: MqttSettings,
+}
+
+/// The development PKI directory, relative to the working directory.
+pub const DEV_PKI_DIR: &str = "certs-dev";
+
+impl BrokerConfig {
+    /// The development defaults, with paths under `root`.
+    pub fn development(root: &Path) -> Self {
+        Self::from_raw(RawConfig::default(), root, Path::new("(defaults)"), "")
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// Reads a configuration file; every mistake names the file and line.
+    pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![SourceError::file(path, format!("cannot read: {e}"))])?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|e| vec![SourceError::from_toml(path, &text, &e)])?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_raw(raw, base, path, &text)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path, file: &Path, text: &str) -> Result<Self, Vec<SourceError>> {
+        let mut errors = Vec::new();
+        let mut err = |offset: usize, msg: String| errors.push(SourceError::at(file, text, offset, msg));
+        let path = |p: Option<String>, default: &str| base.join(p.unwrap_or_else(|| default.to_string()));
+
+        let listen = match &raw.gateway.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 8883)),
+            Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+                err(s.span().start, format!("listen: `{}` is not an address like 127.0.0.1:8883", s.get_ref()));
+                SocketAddr::from(([127, 0, 0, 1], 8883))
+            }),
+        };
+        let millis = |v: &Option<Spanned<u64>>, default: u64, what: &str, err: &mut dyn FnMut(usize, String)| {
+            match v {
+                None => Duration::from_millis(default),
+                Some(s) if *s.get_ref() == 0 => {
+                    err(s.span().start, format!("{what} must be more than 0"));
+                    Duration::from_millis(default)
+                }
+                Some(s) => Duration::from_millis(*s.get_ref()),
+            }
+        };
+        let handshake_timeout = millis(&raw.gateway.handshake_timeout_ms, 10_000, "handshake_timeout_ms", &mut err);
+        let connect_timeout = millis(&raw.gateway.connect_timeout_ms, 10_000, "connect_timeout_ms", &mut err);
+        let attempts = match &raw.gateway.connection_attempts_per_minute {
+            None => NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
+            Some(s) => NonZeroU32::new(*s.get_ref()).unwrap_or_else(|| {
+                err(s.span().start, "connection_attempts_per_minute must be at least 1".into());
+                NonZeroU32::MIN
+            }),
+        };
+        let per_agency = match &raw.gateway.max_connections_per_agency {
+            None => 256,
+            Some(s) if *s.get_ref() == 0 => {
+                err(s.span().start, "max_connections_per_agency must be at least 1".into());
+                1
+            }
+            Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
+        };
+        let key_id = match raw.signing.key_id {
+            None => "broker-dev-1".to_string(),
+            Some(s) => {
+                if let Err(e) = names::validate_key_id(s.get_ref()) {
+                    err(s.span().start, format!("key_id: {e}"));
+                }
+                s.into_inner()
+            }
+        };
+        let store_url = match raw.store.url {
+            None => "sqlite://samverkan.db".to_string(),
+            Some(s) => {
+                let url = s.get_ref();
+                if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    err(s.span().start, "url must start with sqlite:// or postgres://".into());
+                }
+                // A relative SQLite file is relative to the configuration file.
+                match url.strip_prefix("sqlite://") {
+                    Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
+                        format!("sqlite://{}", base.join(rest).display())
+                    }
+                    _ => url.clone(),
+                }
+            }
+        };
+        let mut router = RouterSettings::default();
+        if let Some(s) = &raw.router.max_payload_bytes {
+            match usize::try_from(*s.get_ref()) {
+                Ok(n) if (1024..=16 * 1024 * 1024).contains(&n) => router.max_payload_bytes = n,
+                _ => err(s.span().start, "max_payload_bytes must be between 1024 and 16777216".into()),
+            }
+        }
+        if let Some(s) = &raw.router.max_clock_skew_ms {
+            match i64::try_from(*s.get_ref()) {
+                Ok(n) if n >= 1000 => router.max_clock_skew_ms = n,
+                _ => err(s.span().start, "max_clock_skew_ms must be at least 1000".into()),
+            }
+        }
+        if let Some(s) = &raw.router.batch_max {
+            match usize::try_from(*s.get_ref()) {
+                Ok(n) if (1..=10_000).contains(&n) => router.batch_max = n,
+                _ => err(s.span().start, "batch_max must be between 1 and 10000".into()),
+            }
+        }
+        let config = BrokerConfig {
+            listen,
+            tls: TlsFiles {
+                ca: path(raw.tls.ca, "certs-dev/ca.pem"),
+                cert: path(raw.tls.cert, "certs-dev/broker.pem"),
+                key: path(raw.tls.key, "certs-dev/broker.key"),
+                crl: raw.tls.crl.map(|c| base.join(c)),
+            },
+            signing_key: path(raw.signing.key, "certs-dev/broker-signing.key"),
+            signing_key_id: key_id,
+            policy_dir: path(raw.policy.dir, "policies"),
+            store_url,
+            gateway: GatewaySettings {
+                handshake_timeout,
+                connect_timeout,
+                ..GatewaySettings::default()
+            },
+            connection_attempts_per_minute: attempts,
+            max_connections_per_agency: per_agency,
+            router,
+            mqtt: MqttSettings::default(),
+        };
+        if errors.is_empty() { Ok(config) } else { Err(errors) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_mistakes() {
+        let dev = BrokerConfig::development(Path::new("/srv"));
+        assert_eq!(dev.listen.port(), 8883);
+        assert_eq!(dev.policy_dir, Path::new("/srv/policies"));
+        assert_eq!(dev.store_url, "sqlite://samverkan.db");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        std::fs::write(&file, "[gateway]\nlisten = \"localhost\"\n\n[router]\nbatch_max = 0\n[store]\nurl = \"sqlite://data/s.db\"\n").unwrap();
+        let errors = BrokerConfig::load(&file).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(text[0].contains("samverkan.toml:2:"), "{text:?}");
+        assert!(text[1].contains("samverkan.toml:5:"), "{text:?}");
+
+        std::fs::write(&file, "[store]\nurl = \"sqlite://data/s.db\"\n[tls]\nca = \"pki/ca.pem\"\n").unwrap();
+        let config = BrokerConfig::load(&file).unwrap();
+        assert_eq!(config.tls.ca, dir.path().join("pki/ca.pem"));
+        assert_eq!(config.store_url, format!("sqlite://{}", dir.path().join("data/s.db").display()));
+
+        std::fs::write(&file, "[gateway]\nlisen = \"x\"\n").unwrap();
+        let errors = BrokerConfig::load(&file).unwrap_err();
+        assert!(errors[0].to_string().contains("unknown field `lisen`"), "{errors:?}");
+    }
+}

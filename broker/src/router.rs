@@ -1,0 +1,900 @@
+//! The pipeline every alert goes through, and the only component that
+//! crosses tenants.
+//!
+//! The router is an in-process client of rumqttd subscribed to
+//! `/tenants/+/out/#` (alerts), `/tenants/+/acks` and `/tenants/+/replay`.
+//! It takes whatever has arrived as one batch and, per alert:
+//!
+//! 1. checks size and logical topic, and applies the publisher's rate limit
+//!    (before any signature work, so a flood costs little);
+//! 2. parses and authenticates the envelope (publisher = tenant, key
+//!    registered and valid, signature, disclosures, clock skew);
+//! 3. validates the fields against the alert type's schema;
+//! 4. decides shares and denials with the policy;
+//! 5. detects resends by alert id (same content: the original receipt again;
+//!    other content: refused);
+//!
+//! then writes the whole batch — alerts, one audit entry per share, denial
+//! and rejection, and the delivery queue — in **one transaction** (group
+//! commit), and only after it has committed publishes the deliveries (only
+//! the permitted disclosures plus a broker-signed stamp) and the
+//! broker-signed receipts. If the database fails, nothing of the batch is
+//! sent: publishers get no receipt and resend (fail closed).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rumqttd::Notification;
+use samverkan_sdk::envelope::{Envelope, EnvelopeError};
+use samverkan_sdk::messages::{
+    self, Ack, DenialReceipt, Delivery, Receipt, ReceiptStatus, Rejection, ReplayRequest,
+    ShareReceipt, ShareStamp, Signed,
+};
+use samverkan_sdk::time::Clock;
+use samverkan_sdk::topics::{self, BrokerTopic};
+use samverkan_sdk::{VerifiedAlert, names};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::audit::{AuditEntry, EntryKind, disclosed_digest};
+use crate::limits::PublishLimits;
+use crate::mqtt::RouterLink;
+use crate::policy::{Decision, DecisionInput, PolicyHandle, PolicySet};
+use crate::signer::BrokerSigner;
+use crate::store::{AckUpdate, AlertRow, Commit, DeliveryRow, Store, StoreError};
+
+/// The topic filters the router subscribes to.
+pub const ROUTER_FILTERS: [&str; 3] = ["/tenants/+/out/#", "/tenants/+/acks", "/tenants/+/replay"];
+
+/// Limits of the pipeline.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Largest alert payload accepted; larger ones are refused with a receipt.
+    pub max_payload_bytes: usize,
+    /// Largest allowed difference between `issued_at` and the broker's clock.
+    pub max_clock_skew_ms: i64,
+    /// Most messages handled (and committed) as one batch.
+    pub batch_max: usize,
+    /// Most deliveries sent per replay request.
+    pub replay_limit: u32,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_clock_skew_ms: 5 * 60 * 1000,
+            batch_max: 512,
+            replay_limit: 10_000,
+        }
+    }
+}
+
+/// Why the router stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// rumqttd's router went away.
+    #[error("embedded MQTT router link failed: {0}")]
+    Link(String),
+    /// The store failed at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A message taken from rumqttd.
+enum Inbound {
+    Alert {
+        tenant: String,
+        logical: String,
+        payload: Bytes,
+    },
+    Ack {
+        tenant: String,
+        payload: Bytes,
+    },
+    Replay {
+        tenant: String,
+        payload: Bytes,
+    },
+}
+
+/// An alert that passed every check.
+struct Accepted {
+    tenant: String,
+    alert: VerifiedAlert,
+    envelope_hash: String,
+    decision: Decision,
+}
+
+/// An alert that was refused, with whatever could be read of it.
+#[derive(Default)]
+struct Rejected {
+    tenant: String,
+    alert_id: Option<String>,
+    topic: Option<String>,
+    alert_type: Option<String>,
+    envelope_hash: Option<String>,
+    signature: Option<String>,
+    code: String,
+    message: String,
+    retry_after_ms: Option<u64>,
+}
+
+enum Outcome {
+    Accepted(Box<Accepted>),
+    Rejected(Box<Rejected>),
+    /// Already accepted earlier: resend the stored receipt.
+    Resend { tenant: String, receipt: Vec<u8> },
+    /// Same as an earlier alert of this batch (by position).
+    SameAs { tenant: String, index: usize },
+}
+
+/// The router task's state.
+pub struct Router {
+    link: RouterLink,
+    policy: Arc<PolicyHandle>,
+    store: Store,
+    signer: Arc<BrokerSigner>,
+    settings: RouterSettings,
+    clock: Arc<dyn Clock>,
+    limits: PublishLimits,
+    limits_version: String,
+    recorded_policy: Option<String>,
+    replays: DefaultKeyedRateLimiter<String>,
+    next_index: u64,
+    resync: bool,
+}
+
+fn reject(tenant: &str, code: &str, message: impl Into<String>) -> Rejected {
+    Rejected {
+        tenant: tenant.to_string(),
+        code: code.to_string(),
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+/// Reads just the alert id of an envelope (for receipts of refused alerts).
+fn peek_alert_id(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        header: PeekHeader,
+        #[serde(flatten)]
+        _rest: HashMap<String, IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct PeekHeader {
+        alert_id: String,
+        #[serde(flatten)]
+        _rest: HashMap<String, IgnoredAny>,
+    }
+    let peek: Peek = serde_json::from_slice(payload).ok()?;
+    names::validate_alert_id(&peek.header.alert_id).ok()?;
+    Some(peek.header.alert_id)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Router {
+    /// A router over `link`, deciding with `policy` and recording in `store`.
+    pub fn new(
+        link: RouterLink,
+        policy: Arc<PolicyHandle>,
+        store: Store,
+        signer: Arc<BrokerSigner>,
+        settings: RouterSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let current = policy.current();
+        let limits = PublishLimits::from_policy(&current);
+        let quota = Quota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
+        Self {
+            link,
+            policy,
+            store,
+            signer,
+            settings,
+            clock,
+            limits,
+            limits_version: current.version().to_string(),
+            recorded_policy: None,
+            replays: RateLimiter::keyed(quota),
+            next_index: 0,
+            resync: true,
+        }
+    }
+
+    /// Runs until `shutdown` turns true: everything received before that is
+    /// committed and answered before this returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RouterError> {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                batch = self.receive_batch() => batch?,
+            };
+            self.process(batch).await;
+        }
+        // Drain what rumqttd already handed over.
+        let mut rest = Vec::new();
+        while let Ok(Some(n)) = self.link.rx.recv_deadline(Instant::now()) {
+            self.classify(n, &mut rest);
+        }
+        if !rest.is_empty() {
+            self.process(rest).await;
+        }
+        info!("router stopped");
+        Ok(())
+    }
+
+    fn classify(&mut self, notification: Notification, batch: &mut Vec<Inbound>) {
+        match notification {
+            Notification::Forward(forward) => {
+                let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else {
+                    warn!("dropped a message whose topic is not UTF-8");
+                    return;
+                };
+                let payload = forward.publish.payload;
+                match BrokerTopic::parse(topic) {
+                    Some(BrokerTopic::Outbox { agency, logical }) => batch.push(Inbound::Alert {
+                        tenant: agency.to_string(),
+                        logical: logical.to_string(),
+                        payload,
+                    }),
+                    Some(BrokerTopic::Acks { agency }) => batch.push(Inbound::Ack {
+                        tenant: agency.to_string(),
+                        payload,
+                    }),
+                    Some(BrokerTopic::Replay { agency }) => batch.push(Inbound::Replay {
+                        tenant: agency.to_string(),
+                        payload,
+                    }),
+                    None => debug!(topic, "ignored a message outside the router's topics"),
+                }
+            }
+            Notification::Unschedule => {
+                // rumqttd pauses a link with many buffered notifications
+                // until it says it is ready again.
+                if let Err(e) = self.link.rx.ready() {
+                    error!(error = %e, "could not resume the router link");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn receive_batch(&mut self) -> Result<Vec<Inbound>, RouterError> {
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            let first = self
+                .link
+                .rx
+                .next()
+                .await
+                .map_err(|e| RouterError::Link(e.to_string()))?;
+            if let Some(n) = first {
+                self.classify(n, &mut batch);
+            }
+        }
+        while batch.len() < self.settings.batch_max {
+            match self.link.rx.recv_deadline(Instant::now()) {
+                Ok(Some(n)) => self.classify(n, &mut batch),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Checks one alert; no database access.
+    fn evaluate(&self, policy: &PolicySet, tenant: &str, logical: &str, payload: &[u8], now: i64) -> Outcome {
+        let refused = |mut r: Rejected| {
+            if r.alert_id.is_none() {
+                r.alert_id = peek_alert_id(payload);
+            }
+            Outcome::Rejected(Box::new(r))
+        };
+        if payload.len() > self.settings.max_payload_bytes {
+            return refused(reject(
+                tenant,
+                "payload_too_large",
+                format!(
+                    "the alert is {} bytes; at most {} are accepted",
+                    payload.len(),
+                    self.settings.max_payload_bytes
+                ),
+            ));
+        }
+        if let Err(e) = names::validate_logical_topic(logical) {
+            return refused(reject(tenant, "invalid_topic", e.to_string()));
+        }
+        if let Err(wait) = self.limits.check(tenant) {
+            let mut r = reject(
+                tenant,
+                "rate_limited",
+                format!("`{tenant}` exceeds its publish limit; retry later"),
+            );
+            r.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+            return refused(r);
+        }
+        let envelope = match Envelope::from_json(payload) {
+            Ok(e) => e,
+            Err(e) => return refused(reject(tenant, e.code(), e.to_string())),
+        };
+        let h = &envelope.header;
+        let base = |code: &str, message: String| Rejected {
+            tenant: tenant.to_string(),
+            alert_id: Some(h.alert_id.clone()).filter(|id| names::validate_alert_id(id).is_ok()),
+            topic: Some(logical.to_string()),
+            alert_type: Some(h.alert_type.clone()).filter(|t| names::validate_alert_type(t).is_ok()),
+            envelope_hash: Some(messages::envelope_hash(&envelope)),
+            signature: Some(b64(&envelope.signature.0)),
+            code: code.to_string(),
+            message,
+            retry_after_ms: None,
+        };
+        if h.publisher != tenant {
+            return refused(base(
+                "publisher_mismatch",
+                format!(
+                    "the envelope names `{}` as publisher but arrived from `{tenant}`",
+                    names_or_escaped(&h.publisher)
+                ),
+            ));
+        }
+        if h.topic != logical {
+            return refused(base(
+                "topic_mismatch",
+                "the signed topic differs from the topic the alert was published on".into(),
+            ));
+        }
+        if let Err(e) = h.check_clock_skew(now, self.settings.max_clock_skew_ms) {
+            return refused(base(e.code(), e.to_string()));
+        }
+        let alert = match envelope.verify(policy.keys()) {
+            Ok(a) => a,
+            Err(e) => return refused(base(e.code(), e.to_string())),
+        };
+        // A key revoked now is refused even for an alert signed just before.
+        if let Some(key) = policy
+            .keys()
+            .keys_of(tenant)
+            .find(|k| k.key_id == alert.header().key_id)
+            && let Err(e) = key.check_at(now)
+        {
+            let e = EnvelopeError::from(e);
+            return refused(base(e.code(), e.to_string()));
+        }
+        let Some(schema) = policy.alert_type(&h.alert_type) else {
+            return refused(base(
+                "unknown_alert_type",
+                format!("`{}` is not an alert type of the policy", h.alert_type),
+            ));
+        };
+        let fields = alert.fields();
+        if let Err(problems) = schema.validate(&Value::Object(fields.clone())) {
+            return refused(base("schema_violation", problems.join("; ")));
+        }
+        let decision = policy.decide(&DecisionInput {
+            publisher: tenant,
+            topic: logical,
+            alert_type: &h.alert_type,
+            fields: &fields,
+            to: h.to.as_deref(),
+        });
+        Outcome::Accepted(Box::new(Accepted {
+            tenant: tenant.to_string(),
+            envelope_hash: messages::envelope_hash(&envelope),
+            alert,
+            decision,
+        }))
+    }
+
+    fn refresh_limits(&mut self, policy: &PolicySet) {
+        if policy.version() != self.limits_version {
+            self.limits = PublishLimits::from_policy(policy);
+            self.limits_version = policy.version().to_string();
+        }
+    }
+
+    fn take_index(&self, next: &mut u64) -> u64 {
+        let i = *next;
+        *next += 1;
+        i
+    }
+
+    async fn process(&mut self, batch: Vec<Inbound>) {
+        if self.resync {
+            match self.store.next_audit_index().await {
+                Ok(next) => {
+                    self.next_index = next;
+                    self.resync = false;
+                }
+                Err(e) => {
+                    error!(error = %e, messages = batch.len(), "database unavailable: nothing of this batch is recorded or answered (publishers will resend)");
+                    return;
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        let policy = self.policy.current();
+        self.refresh_limits(&policy);
+        let mut next = self.next_index;
+        let mut commit = Commit::default();
+        let mut publish: Vec<(String, Vec<u8>)> = Vec::new();
+
+        if self.recorded_policy.as_deref() != Some(policy.version()) {
+            match self.record_policy(&policy, now, &mut next, &mut commit).await {
+                Ok(()) => {}
+                Err(e) => {
+                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                    return;
+                }
+            }
+        }
+
+        // Evaluate alerts; collect acks and replays.
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut acks = Vec::new();
+        let mut replays = Vec::new();
+        for inbound in batch {
+            match inbound {
+                Inbound::Alert {
+                    tenant,
+                    logical,
+                    payload,
+                } => outcomes.push(self.evaluate(&policy, &tenant, &logical, &payload, now)),
+                Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
+                Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
+            }
+        }
+
+        // Resends: by (publisher, alert id), against the store and within the batch.
+        let keys: Vec<(String, String)> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Accepted(a) => Some((a.tenant.clone(), a.alert.header().alert_id.clone())),
+                _ => None,
+            })
+            .collect();
+        let known = match self.store.known_alerts(&keys).await {
+            Ok(k) => k,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
+        let mut first_in_batch: HashMap<(String, String), (usize, String)> = HashMap::new();
+        for i in 0..outcomes.len() {
+            let Outcome::Accepted(a) = &outcomes[i] else {
+                continue;
+            };
+            let key = (a.tenant.clone(), a.alert.header().alert_id.clone());
+            let same_content = |hash: &str| hash == a.envelope_hash;
+            let replacement = if let Some(k) = known.get(&key) {
+                Some(if same_content(&k.envelope_hash) {
+                    Outcome::Resend {
+                        tenant: a.tenant.clone(),
+                        receipt: k.receipt.clone(),
+                    }
+                } else {
+                    reused(a)
+                })
+            } else if let Some((j, hash)) = first_in_batch.get(&key) {
+                Some(if same_content(hash) {
+                    Outcome::SameAs {
+                        tenant: a.tenant.clone(),
+                        index: *j,
+                    }
+                } else {
+                    reused(a)
+                })
+            } else {
+                first_in_batch.insert(key, (i, a.envelope_hash.clone()));
+                None
+            };
+            if let Some(r) = replacement {
+                outcomes[i] = r;
+            }
+        }
+
+        // Audit entries, deliveries and signed receipts.
+        let mut receipts: Vec<Option<(String, Vec<u8>)>> = Vec::with_capacity(outcomes.len());
+        for outcome in &outcomes {
+            let receipt = match outcome {
+                Outcome::Accepted(a) => {
+                    Some(self.record_accepted(&policy, a, now, &mut next, &mut commit, &mut publish))
+                }
+                Outcome::Rejected(r) => Some(self.record_rejected(&policy, r, now, &mut next, &mut commit)),
+                Outcome::Resend { tenant, receipt } => Some((tenant.clone(), receipt.clone())),
+                Outcome::SameAs { .. } => None,
+            };
+            receipts.push(receipt);
+        }
+        for i in 0..outcomes.len() {
+            if let Outcome::SameAs { tenant, index } = &outcomes[i] {
+                let receipt = receipts[*index].as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+                receipts[i] = Some((tenant.clone(), receipt));
+            }
+        }
+
+        // Acknowledgements.
+        for (tenant, payload) in acks {
+            if let Err(e) = self.record_ack(&policy, &tenant, &payload, now, &mut next, &mut commit).await {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        }
+
+        // One transaction for everything; nothing is sent before it commits.
+        if let Err(e) = self.store.commit(&commit).await {
+            error!(error = %e, entries = commit.audit.len(), "commit failed: nothing of this batch is answered (publishers will resend)");
+            self.resync = true;
+            return;
+        }
+        self.next_index = next;
+        if commit.audit.iter().any(|e| e.kind == EntryKind::PolicyLoaded) {
+            self.recorded_policy = Some(policy.version().to_string());
+        }
+        for (topic, payload) in publish {
+            self.send(topic, payload);
+        }
+        for (tenant, receipt) in receipts.into_iter().flatten() {
+            self.send(topics::receipts(&tenant), receipt);
+        }
+        for (tenant, payload) in replays {
+            self.replay(&tenant, &payload).await;
+        }
+    }
+
+    fn send(&mut self, topic: String, payload: Vec<u8>) {
+        if let Err(e) = self.link.tx.publish(topic.clone(), payload) {
+            error!(topic, error = %e, "could not hand a message to the embedded broker");
+        }
+    }
+
+    async fn record_policy(
+        &mut self,
+        policy: &PolicySet,
+        now: i64,
+        next: &mut u64,
+        commit: &mut Commit,
+    ) -> Result<(), StoreError> {
+        let files: serde_json::Map<String, Value> = policy
+            .files()
+            .iter()
+            .map(|f| (f.path.clone(), Value::String(f.text.clone())))
+            .collect();
+        let files = serde_json::to_string(&files).unwrap_or_default();
+        let first = self.store.archive_policy(policy.version(), &files, now).await?;
+        let mut entry = AuditEntry::new(EntryKind::PolicyLoaded, now);
+        entry.index = self.take_index(next);
+        entry.policy_version = Some(policy.version().to_string());
+        entry.reason_code = Some(if first { "first_load" } else { "load" }.into());
+        entry.reason = Some(format!(
+            "policy {} in force ({} agencies, {} rules)",
+            policy.short_version(),
+            policy.agencies().len(),
+            policy.rules().len()
+        ));
+        commit.audit.push(entry);
+        info!(version = policy.version(), "policy version recorded in the audit log");
+        Ok(())
+    }
+
+    fn record_accepted(
+        &self,
+        policy: &PolicySet,
+        a: &Accepted,
+        now: i64,
+        next: &mut u64,
+        commit: &mut Commit,
+        publish: &mut Vec<(String, Vec<u8>)>,
+    ) -> (String, Vec<u8>) {
+        let h = a.alert.header();
+        let signature = b64(&a.alert.envelope().signature.0);
+        let base = |kind: EntryKind, index: u64| {
+            let mut e = AuditEntry::new(kind, now);
+            e.index = index;
+            e.alert_id = Some(h.alert_id.clone());
+            e.publisher = Some(a.tenant.clone());
+            e.topic = Some(h.topic.clone());
+            e.alert_type = Some(h.alert_type.clone());
+            e.envelope_hash = Some(a.envelope_hash.clone());
+            e.signature = Some(signature.clone());
+            e.policy_version = Some(policy.version().to_string());
+            e
+        };
+        let mut shares = Vec::new();
+        for share in &a.decision.shares {
+            let index = self.take_index(next);
+            let share_id = messages::share_id(&a.envelope_hash, &share.recipient);
+            let mut digests: Vec<_> = a
+                .alert
+                .disclosures()
+                .iter()
+                .filter(|d| share.fields.iter().any(|f| f == d.name()))
+                .map(|d| d.digest())
+                .collect();
+            digests.sort();
+            let mut entry = base(EntryKind::Share, index);
+            entry.recipient = Some(share.recipient.clone());
+            entry.rule_id = Some(share.rule_id.clone());
+            entry.legal_basis = Some(share.legal_basis.clone());
+            entry.purpose = Some(share.purpose.clone());
+            entry.fields = share.fields.clone();
+            entry.disclosed_digest = Some(disclosed_digest(&digests));
+            entry.share_id = Some(share_id.clone());
+            commit.audit.push(entry);
+
+            let stamp = ShareStamp {
+                share_id: share_id.clone(),
+                alert_id: h.alert_id.clone(),
+                publisher: a.tenant.clone(),
+                recipient: share.recipient.clone(),
+                topic: h.topic.clone(),
+                alert_type: h.alert_type.clone(),
+                rule_id: share.rule_id.clone(),
+                legal_basis: share.legal_basis.clone(),
+                purpose: share.purpose.clone(),
+                fields: share.fields.clone(),
+                envelope_hash: a.envelope_hash.clone(),
+                policy_version: policy.version().to_string(),
+                audit_index: index,
+                signed_at_ms: now,
+            };
+            let delivery = Delivery {
+                envelope: a.alert.redacted(|name| share.fields.iter().any(|f| f == name)),
+                stamp: self.signer.sign(messages::TAG_SHARE_STAMP, &stamp),
+            }
+            .to_json();
+            commit.deliveries.push(DeliveryRow {
+                share_id: share_id.clone(),
+                recipient: share.recipient.clone(),
+                alert_id: h.alert_id.clone(),
+                publisher: a.tenant.clone(),
+                topic: h.topic.clone(),
+                audit_idx: index,
+                payload: delivery.clone(),
+                created_at_ms: now,
+            });
+            publish.push((topics::inbox(&share.recipient, &h.topic), delivery));
+            shares.push(ShareReceipt {
+                share_id,
+                recipient: share.recipient.clone(),
+                rule_id: share.rule_id.clone(),
+                legal_basis: share.legal_basis.clone(),
+                purpose: share.purpose.clone(),
+                fields: share.fields.clone(),
+                audit_index: index,
+            });
+        }
+        let mut denials = Vec::new();
+        for denial in &a.decision.denials {
+            let index = self.take_index(next);
+            let mut entry = base(EntryKind::Denial, index);
+            entry.recipient = denial.recipient.clone();
+            entry.rule_id = denial.rule_id.clone();
+            entry.reason_code = Some(denial.reason.code().to_string());
+            entry.reason = Some(denial.reason.to_string());
+            commit.audit.push(entry);
+            denials.push(DenialReceipt {
+                recipient: denial.recipient.clone(),
+                rule_id: denial.rule_id.clone(),
+                code: denial.reason.code().to_string(),
+                message: denial.reason.to_string(),
+                audit_index: index,
+            });
+        }
+        let receipt = Receipt {
+            alert_id: Some(h.alert_id.clone()),
+            publisher: a.tenant.clone(),
+            envelope_hash: Some(a.envelope_hash.clone()),
+            status: ReceiptStatus::Accepted,
+            rejection: None,
+            shares,
+            denials,
+            audit_index: None,
+            policy_version: policy.version().to_string(),
+            received_at_ms: now,
+            signed_at_ms: now,
+        };
+        let receipt = serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt))
+            .unwrap_or_default();
+        let envelope = a.alert.envelope();
+        commit.alerts.push(AlertRow {
+            publisher: a.tenant.clone(),
+            alert_id: h.alert_id.clone(),
+            envelope_hash: a.envelope_hash.clone(),
+            alert_type: h.alert_type.clone(),
+            topic: h.topic.clone(),
+            issued_at_ms: h.issued_at_ms,
+            received_at_ms: now,
+            policy_version: policy.version().to_string(),
+            signed_envelope: envelope.redact(|_| false).to_json(),
+            content: envelope.to_json(),
+            receipt: receipt.clone(),
+        });
+        info!(
+            alert = %h.alert_id,
+            publisher = %a.tenant,
+            alert_type = %h.alert_type,
+            shares = a.decision.shares.len(),
+            denials = a.decision.denials.len(),
+            "alert accepted"
+        );
+        (a.tenant.clone(), receipt)
+    }
+
+    fn record_rejected(
+        &self,
+        policy: &PolicySet,
+        r: &Rejected,
+        now: i64,
+        next: &mut u64,
+        commit: &mut Commit,
+    ) -> (String, Vec<u8>) {
+        let index = self.take_index(next);
+        let mut entry = AuditEntry::new(EntryKind::Rejection, now);
+        entry.index = index;
+        entry.alert_id = r.alert_id.clone();
+        entry.publisher = Some(r.tenant.clone());
+        entry.topic = r.topic.clone();
+        entry.alert_type = r.alert_type.clone();
+        entry.envelope_hash = r.envelope_hash.clone();
+        entry.signature = r.signature.clone();
+        entry.policy_version = Some(policy.version().to_string());
+        entry.reason_code = Some(r.code.clone());
+        entry.reason = Some(r.message.clone());
+        commit.audit.push(entry);
+        let receipt = Receipt {
+            alert_id: r.alert_id.clone(),
+            publisher: r.tenant.clone(),
+            envelope_hash: r.envelope_hash.clone(),
+            status: ReceiptStatus::Rejected,
+            rejection: Some(Rejection {
+                code: r.code.clone(),
+                message: r.message.clone(),
+                retry_after_ms: r.retry_after_ms,
+            }),
+            shares: Vec::new(),
+            denials: Vec::new(),
+            audit_index: Some(index),
+            policy_version: policy.version().to_string(),
+            received_at_ms: now,
+            signed_at_ms: now,
+        };
+        warn!(
+            publisher = %r.tenant,
+            alert = r.alert_id.as_deref().unwrap_or("-"),
+            code = %r.code,
+            reason = %r.message,
+            "alert refused"
+        );
+        let receipt = serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt))
+            .unwrap_or_default();
+        (r.tenant.clone(), receipt)
+    }
+
+    async fn record_ack(
+        &self,
+        policy: &PolicySet,
+        tenant: &str,
+        payload: &[u8],
+        now: i64,
+        next: &mut u64,
+        commit: &mut Commit,
+    ) -> Result<(), StoreError> {
+        let ack = serde_json::from_slice::<Signed>(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|signed| {
+                signed
+                    .verify::<Ack>(messages::TAG_ACK, policy.keys(), tenant)
+                    .map(|ack| (ack, signed))
+                    .map_err(|e| e.to_string())
+            });
+        let (ack, signed) = match ack {
+            Ok(a) => a,
+            Err(reason) => {
+                warn!(agency = tenant, reason, "acknowledgement refused");
+                return Ok(());
+            }
+        };
+        if ack.agency != tenant || ack.share_ids.len() > 1000 {
+            warn!(agency = tenant, "acknowledgement refused: wrong agency or too many share ids");
+            return Ok(());
+        }
+        let pending = self.store.unacked_among(tenant, &ack.share_ids).await?;
+        let message = serde_json::to_vec(&signed).unwrap_or_default();
+        for p in pending {
+            // The same share acknowledged twice in one batch is recorded once.
+            if commit.acks.iter().any(|a| a.share_id == p.share_id) {
+                continue;
+            }
+            let index = self.take_index(next);
+            let mut entry = AuditEntry::new(EntryKind::Ack, now);
+            entry.index = index;
+            entry.alert_id = Some(p.alert_id);
+            entry.publisher = Some(p.publisher);
+            entry.recipient = Some(tenant.to_string());
+            entry.topic = Some(p.topic);
+            entry.share_id = Some(p.share_id.clone());
+            entry.signature = Some(b64(&signed.signature.0));
+            entry.policy_version = Some(policy.version().to_string());
+            commit.audit.push(entry);
+            commit.acks.push(AckUpdate {
+                share_id: p.share_id,
+                recipient: tenant.to_string(),
+                acked_at_ms: now,
+                ack_audit_idx: index,
+                ack_message: message.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn replay(&mut self, tenant: &str, payload: &[u8]) {
+        let request = serde_json::from_slice::<ReplayRequest>(payload)
+            .map(|r| r.request_id)
+            .unwrap_or_else(|_| "-".into());
+        if self.replays.check_key(&tenant.to_string()).is_err() {
+            warn!(agency = tenant, request, "replay request refused: too frequent");
+            return;
+        }
+        match self
+            .store
+            .pending_deliveries(tenant, self.settings.replay_limit)
+            .await
+        {
+            Ok(pending) => {
+                let count = pending.len();
+                for p in pending {
+                    if let Some(payload) = p.payload {
+                        self.send(topics::inbox(tenant, &p.topic), payload);
+                    }
+                }
+                info!(agency = tenant, request, count, "replayed unacknowledged shares");
+            }
+            Err(e) => error!(agency = tenant, error = %e, "replay failed: database unavailable"),
+        }
+    }
+}
+
+fn reused(a: &Accepted) -> Outcome {
+    let h = a.alert.header();
+    Outcome::Rejected(Box::new(Rejected {
+        tenant: a.tenant.clone(),
+        alert_id: Some(h.alert_id.clone()),
+        topic: Some(h.topic.clone()),
+        alert_type: Some(h.alert_type.clone()),
+        envelope_hash: Some(a.envelope_hash.clone()),
+        signature: Some(b64(&a.alert.envelope().signature.0)),
+        code: "alert_id_reused".into(),
+        message: "this alert id was already used for an alert with different content".into(),
+        retry_after_ms: None,
+    }))
+}
+
+/// A name for logs: as is when it is a valid agency id, escaped otherwise.
+fn names_or_escaped(s: &str) -> String {
+    if names::validate_agency_id(s).is_ok() {
+        s.to_string()
+    } else {
+        s.chars().take(40).flat_map(char::escape_default).collect()
+    }
+}
+
+/// How long the router waits before retrying when the database is down.
+pub const RETRY_AFTER_DB_FAILURE: Duration = Duration::from_millis(500);

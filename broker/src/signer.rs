@@ -1,0 +1,46 @@
+//! The broker's own ed25519 key: it signs receipts and share stamps (and,
+//! later, audit checkpoints) so that agencies can tell the broker's messages
+//! from anything another client of their tenant publishes.
+
+use ed25519_dalek::SigningKey;
+use samverkan_sdk::messages::Signed;
+use serde::Serialize;
+
+/// The broker's signing key and its id in the broker key registry.
+pub struct BrokerSigner {
+    key: SigningKey,
+    key_id: String,
+}
+
+impl std::fmt::Debug for BrokerSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerSigner {
+    /// A signer with `key`, known to clients as `key_id`.
+    pub fn new(key: SigningKey, key_id: impl Into<String>) -> Self {
+        Self {
+            key,
+            key_id: key_id.into(),
+        }
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The public key.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Signs `value` as a JSON body under the domain `tag`.
+    pub fn sign<T: Serialize>(&self, tag: &str, value: &T) -> Signed {
+        Signed::sign(tag, value, &self.key, &self.key_id)
+    }
+}

@@ -252,6 +252,9 @@ mod tests {
         for v in variants {
             assert_ne!(v.leaf_hash(), base, "{v:?}");
         }
-        assert_eq!(EntryKind::parse("policy_loaded"), Some(EntryKind::PolicyLoaded));
+        assert_eq!(
+            EntryKind::parse("policy_loaded"),
+            Some(EntryKind::PolicyLoaded)
+        );
     }
 }

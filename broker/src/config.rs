@@ -152,19 +152,35 @@ impl BrokerConfig {
         Self::from_raw(raw, base, path, &text)
     }
 
-    fn from_raw(raw: RawConfig, base: &Path, file: &Path, text: &str) -> Result<Self, Vec<SourceError>> {
+    fn from_raw(
+        raw: RawConfig,
+        base: &Path,
+        file: &Path,
+        text: &str,
+    ) -> Result<Self, Vec<SourceError>> {
         let mut errors = Vec::new();
-        let mut err = |offset: usize, msg: String| errors.push(SourceError::at(file, text, offset, msg));
-        let path = |p: Option<String>, default: &str| base.join(p.unwrap_or_else(|| default.to_string()));
+        let mut err =
+            |offset: usize, msg: String| errors.push(SourceError::at(file, text, offset, msg));
+        let path =
+            |p: Option<String>, default: &str| base.join(p.unwrap_or_else(|| default.to_string()));
 
         let listen = match &raw.gateway.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 8883)),
             Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
-                err(s.span().start, format!("listen: `{}` is not an address like 127.0.0.1:8883", s.get_ref()));
+                err(
+                    s.span().start,
+                    format!(
+                        "listen: `{}` is not an address like 127.0.0.1:8883",
+                        s.get_ref()
+                    ),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 8883))
             }),
         };
-        let millis = |v: &Option<Spanned<u64>>, default: u64, what: &str, err: &mut dyn FnMut(usize, String)| {
+        let millis = |v: &Option<Spanned<u64>>,
+                      default: u64,
+                      what: &str,
+                      err: &mut dyn FnMut(usize, String)| {
             match v {
                 None => Duration::from_millis(default),
                 Some(s) if *s.get_ref() == 0 => {
@@ -174,19 +190,35 @@ impl BrokerConfig {
                 Some(s) => Duration::from_millis(*s.get_ref()),
             }
         };
-        let handshake_timeout = millis(&raw.gateway.handshake_timeout_ms, 10_000, "handshake_timeout_ms", &mut err);
-        let connect_timeout = millis(&raw.gateway.connect_timeout_ms, 10_000, "connect_timeout_ms", &mut err);
+        let handshake_timeout = millis(
+            &raw.gateway.handshake_timeout_ms,
+            10_000,
+            "handshake_timeout_ms",
+            &mut err,
+        );
+        let connect_timeout = millis(
+            &raw.gateway.connect_timeout_ms,
+            10_000,
+            "connect_timeout_ms",
+            &mut err,
+        );
         let attempts = match &raw.gateway.connection_attempts_per_minute {
             None => NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
             Some(s) => NonZeroU32::new(*s.get_ref()).unwrap_or_else(|| {
-                err(s.span().start, "connection_attempts_per_minute must be at least 1".into());
+                err(
+                    s.span().start,
+                    "connection_attempts_per_minute must be at least 1".into(),
+                );
                 NonZeroU32::MIN
             }),
         };
         let per_agency = match &raw.gateway.max_connections_per_agency {
             None => 256,
             Some(s) if *s.get_ref() == 0 => {
-                err(s.span().start, "max_connections_per_agency must be at least 1".into());
+                err(
+                    s.span().start,
+                    "max_connections_per_agency must be at least 1".into(),
+                );
                 1
             }
             Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
@@ -204,8 +236,14 @@ impl BrokerConfig {
             None => "sqlite://samverkan.db".to_string(),
             Some(s) => {
                 let url = s.get_ref();
-                if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    err(s.span().start, "url must start with sqlite:// or postgres://".into());
+                if !(url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://"))
+                {
+                    err(
+                        s.span().start,
+                        "url must start with sqlite:// or postgres://".into(),
+                    );
                 }
                 // A relative SQLite file is relative to the configuration file.
                 match url.strip_prefix("sqlite://") {
@@ -220,19 +258,28 @@ impl BrokerConfig {
         if let Some(s) = &raw.router.max_payload_bytes {
             match usize::try_from(*s.get_ref()) {
                 Ok(n) if (1024..=16 * 1024 * 1024).contains(&n) => router.max_payload_bytes = n,
-                _ => err(s.span().start, "max_payload_bytes must be between 1024 and 16777216".into()),
+                _ => err(
+                    s.span().start,
+                    "max_payload_bytes must be between 1024 and 16777216".into(),
+                ),
             }
         }
         if let Some(s) = &raw.router.max_clock_skew_ms {
             match i64::try_from(*s.get_ref()) {
                 Ok(n) if n >= 1000 => router.max_clock_skew_ms = n,
-                _ => err(s.span().start, "max_clock_skew_ms must be at least 1000".into()),
+                _ => err(
+                    s.span().start,
+                    "max_clock_skew_ms must be at least 1000".into(),
+                ),
             }
         }
         if let Some(s) = &raw.router.batch_max {
             match usize::try_from(*s.get_ref()) {
                 Ok(n) if (1..=10_000).contains(&n) => router.batch_max = n,
-                _ => err(s.span().start, "batch_max must be between 1 and 10000".into()),
+                _ => err(
+                    s.span().start,
+                    "batch_max must be between 1 and 10000".into(),
+                ),
             }
         }
         let config = BrokerConfig {
@@ -257,7 +304,11 @@ impl BrokerConfig {
             router,
             mqtt: MqttSettings::default(),
         };
-        if errors.is_empty() { Ok(config) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -280,13 +331,23 @@ mod tests {
         assert!(text[0].contains("samverkan.toml:2:"), "{text:?}");
         assert!(text[1].contains("samverkan.toml:5:"), "{text:?}");
 
-        std::fs::write(&file, "[store]\nurl = \"sqlite://data/s.db\"\n[tls]\nca = \"pki/ca.pem\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[store]\nurl = \"sqlite://data/s.db\"\n[tls]\nca = \"pki/ca.pem\"\n",
+        )
+        .unwrap();
         let config = BrokerConfig::load(&file).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("pki/ca.pem"));
-        assert_eq!(config.store_url, format!("sqlite://{}", dir.path().join("data/s.db").display()));
+        assert_eq!(
+            config.store_url,
+            format!("sqlite://{}", dir.path().join("data/s.db").display())
+        );
 
         std::fs::write(&file, "[gateway]\nlisen = \"x\"\n").unwrap();
         let errors = BrokerConfig::load(&file).unwrap_err();
-        assert!(errors[0].to_string().contains("unknown field `lisen`"), "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("unknown field `lisen`"),
+            "{errors:?}"
+        );
     }
 }

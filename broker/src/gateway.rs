@@ -221,7 +221,11 @@ impl Gateway {
     }
 
     /// Accepts connections until `shutdown` turns true.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -265,7 +269,8 @@ impl Gateway {
             return Ok(());
         }
         let _ = stream.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(self.tls.read().unwrap_or_else(|p| p.into_inner()).clone());
+        let acceptor =
+            TlsAcceptor::from(self.tls.read().unwrap_or_else(|p| p.into_inner()).clone());
         let timeout = self.settings.handshake_timeout;
         let mut client = tokio::time::timeout(timeout, acceptor.accept(stream))
             .await
@@ -296,7 +301,11 @@ impl Gateway {
         .map_err(|_| ConnectionError::ConnectTimeout(timeout))?
         .map_err(ConnectionError::BadConnect)?;
 
-        let backend_addr = if level == 5 { self.embedded.v5 } else { self.embedded.v4 };
+        let backend_addr = if level == 5 {
+            self.embedded.v5
+        } else {
+            self.embedded.v4
+        };
         let backend = TcpStream::connect(backend_addr)
             .await
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
@@ -334,7 +343,10 @@ impl Gateway {
             _ = close.notified() => "closed by the broker (certificate revoked or shutdown)".to_string(),
             _ = shutdown.changed() => "broker shutting down".to_string(),
         };
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let _ = client.shutdown().await;
         let _ = backend.shutdown().await;
         debug!(%peer, agency = %identity.agency, connection = id, outcome, "disconnected");
@@ -351,7 +363,10 @@ async fn read_connect<R: AsyncRead + Unpin>(
     let mut packet = vec![0u8; 1];
     r.read_exact(&mut packet).await.map_err(|e| e.to_string())?;
     if packet[0] != 0x10 {
-        return Err(format!("first packet type is 0x{:02x}, not CONNECT", packet[0] >> 4));
+        return Err(format!(
+            "first packet type is 0x{:02x}, not CONNECT",
+            packet[0] >> 4
+        ));
     }
     // Remaining length: 1 to 4 bytes, 7 bits each (MQTT 3.1.1 section 2.2.3).
     let mut remaining: usize = 0;
@@ -368,7 +383,9 @@ async fn read_connect<R: AsyncRead + Unpin>(
         }
     }
     if remaining > max_bytes {
-        return Err(format!("CONNECT of {remaining} bytes is larger than {max_bytes}"));
+        return Err(format!(
+            "CONNECT of {remaining} bytes is larger than {max_bytes}"
+        ));
     }
     if remaining < 7 {
         return Err("CONNECT too short".into());
@@ -384,7 +401,9 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
     match body[6] {
         level @ (4 | 5) => Ok((level, packet)),
-        other => Err(format!("protocol level {other} (only 4 = 3.1.1 and 5 are served)")),
+        other => Err(format!(
+            "protocol level {other} (only 4 = 3.1.1 and 5 are served)"
+        )),
     }
 }
 
@@ -395,7 +414,9 @@ mod tests {
     #[tokio::test]
     async fn reads_connect_levels() {
         // A minimal 3.1.1 CONNECT: name, level 4, flags, keep-alive, client id "a".
-        let v4 = [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 1, b'a'];
+        let v4 = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 1, b'a',
+        ];
         let (level, bytes) = read_connect(&mut &v4[..], 1024).await.unwrap();
         assert_eq!((level, bytes.as_slice()), (4, &v4[..]));
         let mut v5 = v4;
@@ -406,6 +427,10 @@ mod tests {
         assert!(read_connect(&mut &v3[..], 1024).await.is_err());
         assert!(read_connect(&mut &[0x30u8, 0][..], 1024).await.is_err());
         assert!(read_connect(&mut &v4[..], 5).await.is_err());
-        assert!(read_connect(&mut &[0x10u8, 0xff, 0xff, 0xff, 0xff][..], 1024).await.is_err());
+        assert!(
+            read_connect(&mut &[0x10u8, 0xff, 0xff, 0xff, 0xff][..], 1024)
+                .await
+                .is_err()
+        );
     }
 }

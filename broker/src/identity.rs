@@ -106,6 +106,9 @@ mod tests {
             peer_identity(&der_of(&ca, &["Polisen"])),
             Err(IdentityError::InvalidAgencyId(_))
         ));
-        assert_eq!(peer_identity(b"not a certificate"), Err(IdentityError::Unparseable));
+        assert_eq!(
+            peer_identity(b"not a certificate"),
+            Err(IdentityError::Unparseable)
+        );
     }
 }

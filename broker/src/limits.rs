@@ -100,7 +100,8 @@ impl ConnectionLimits {
             if current >= self.per_agency {
                 return None;
             }
-            match count.compare_exchange(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match count.compare_exchange(current, current + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some(ConnectionSlot { count }),
                 Err(now) => current = now,
             }

@@ -21,7 +21,9 @@ use std::time::Duration;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::{ConnectionSettings, LinkType, Notification, RouterConfig, Server, ServerSettings, TlsConfig};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, RouterConfig, Server, ServerSettings, TlsConfig,
+};
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -175,7 +177,9 @@ impl Embedded {
                 match rx.recv_deadline(deadline) {
                     // The only acks a fresh link gets after its ConnAck are
                     // SubAcks (rumqttd does not export the Ack type to match on).
-                    Ok(Some(Notification::DeviceAck(ack))) if format!("{ack:?}").starts_with("SubAck") => {
+                    Ok(Some(Notification::DeviceAck(ack)))
+                        if format!("{ack:?}").starts_with("SubAck") =>
+                    {
                         acked += 1
                     }
                     Ok(_) => {}

@@ -31,7 +31,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rumqttd::Notification;
 use samverkan_sdk::envelope::{Envelope, EnvelopeError};
 use samverkan_sdk::messages::{
-    self, Ack, DenialReceipt, Delivery, Receipt, ReceiptStatus, Rejection, ReplayRequest,
+    self, Ack, Delivery, DenialReceipt, Receipt, ReceiptStatus, Rejection, ReplayRequest,
     ShareReceipt, ShareStamp, Signed,
 };
 use samverkan_sdk::time::Clock;
@@ -133,9 +133,15 @@ enum Outcome {
     Accepted(Box<Accepted>),
     Rejected(Box<Rejected>),
     /// Already accepted earlier: resend the stored receipt.
-    Resend { tenant: String, receipt: Vec<u8> },
+    Resend {
+        tenant: String,
+        receipt: Vec<u8>,
+    },
     /// Same as an earlier alert of this batch (by position).
-    SameAs { tenant: String, index: usize },
+    SameAs {
+        tenant: String,
+        index: usize,
+    },
 }
 
 /// The router task's state.
@@ -199,7 +205,8 @@ impl Router {
     ) -> Self {
         let current = policy.current();
         let limits = PublishLimits::from_policy(&current);
-        let quota = Quota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
+        let quota = Quota::per_second(NonZeroU32::MIN)
+            .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
         Self {
             link,
             policy,
@@ -299,7 +306,14 @@ impl Router {
     }
 
     /// Checks one alert; no database access.
-    fn evaluate(&self, policy: &PolicySet, tenant: &str, logical: &str, payload: &[u8], now: i64) -> Outcome {
+    fn evaluate(
+        &self,
+        policy: &PolicySet,
+        tenant: &str,
+        logical: &str,
+        payload: &[u8],
+        now: i64,
+    ) -> Outcome {
         let refused = |mut r: Rejected| {
             if r.alert_id.is_none() {
                 r.alert_id = peek_alert_id(payload);
@@ -338,7 +352,8 @@ impl Router {
             tenant: tenant.to_string(),
             alert_id: Some(h.alert_id.clone()).filter(|id| names::validate_alert_id(id).is_ok()),
             topic: Some(logical.to_string()),
-            alert_type: Some(h.alert_type.clone()).filter(|t| names::validate_alert_type(t).is_ok()),
+            alert_type: Some(h.alert_type.clone())
+                .filter(|t| names::validate_alert_type(t).is_ok()),
             envelope_hash: Some(messages::envelope_hash(&envelope)),
             signature: Some(b64(&envelope.signature.0)),
             code: code.to_string(),
@@ -436,7 +451,10 @@ impl Router {
         let mut publish: Vec<(String, Vec<u8>)> = Vec::new();
 
         if self.recorded_policy.as_deref() != Some(policy.version()) {
-            match self.record_policy(&policy, now, &mut next, &mut commit).await {
+            match self
+                .record_policy(&policy, now, &mut next, &mut commit)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) => {
                     error!(error = %e, "database unavailable: batch dropped (fail closed)");
@@ -477,8 +495,8 @@ impl Router {
             }
         };
         let mut first_in_batch: HashMap<(String, String), (usize, String)> = HashMap::new();
-        for i in 0..outcomes.len() {
-            let Outcome::Accepted(a) = &outcomes[i] else {
+        for (i, outcome) in outcomes.iter_mut().enumerate() {
+            let Outcome::Accepted(a) = outcome else {
                 continue;
             };
             let key = (a.tenant.clone(), a.alert.header().alert_id.clone());
@@ -506,7 +524,7 @@ impl Router {
                 None
             };
             if let Some(r) = replacement {
-                outcomes[i] = r;
+                *outcome = r;
             }
         }
 
@@ -514,10 +532,17 @@ impl Router {
         let mut receipts: Vec<Option<(String, Vec<u8>)>> = Vec::with_capacity(outcomes.len());
         for outcome in &outcomes {
             let receipt = match outcome {
-                Outcome::Accepted(a) => {
-                    Some(self.record_accepted(&policy, a, now, &mut next, &mut commit, &mut publish))
+                Outcome::Accepted(a) => Some(self.record_accepted(
+                    &policy,
+                    a,
+                    now,
+                    &mut next,
+                    &mut commit,
+                    &mut publish,
+                )),
+                Outcome::Rejected(r) => {
+                    Some(self.record_rejected(&policy, r, now, &mut next, &mut commit))
                 }
-                Outcome::Rejected(r) => Some(self.record_rejected(&policy, r, now, &mut next, &mut commit)),
                 Outcome::Resend { tenant, receipt } => Some((tenant.clone(), receipt.clone())),
                 Outcome::SameAs { .. } => None,
             };
@@ -525,14 +550,20 @@ impl Router {
         }
         for i in 0..outcomes.len() {
             if let Outcome::SameAs { tenant, index } = &outcomes[i] {
-                let receipt = receipts[*index].as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+                let receipt = receipts[*index]
+                    .as_ref()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
                 receipts[i] = Some((tenant.clone(), receipt));
             }
         }
 
         // Acknowledgements.
         for (tenant, payload) in acks {
-            if let Err(e) = self.record_ack(&policy, &tenant, &payload, now, &mut next, &mut commit).await {
+            if let Err(e) = self
+                .record_ack(&policy, &tenant, &payload, now, &mut next, &mut commit)
+                .await
+            {
                 error!(error = %e, "database unavailable: batch dropped (fail closed)");
                 return;
             }
@@ -545,7 +576,11 @@ impl Router {
             return;
         }
         self.next_index = next;
-        if commit.audit.iter().any(|e| e.kind == EntryKind::PolicyLoaded) {
+        if commit
+            .audit
+            .iter()
+            .any(|e| e.kind == EntryKind::PolicyLoaded)
+        {
             self.recorded_policy = Some(policy.version().to_string());
         }
         for (topic, payload) in publish {
@@ -578,7 +613,10 @@ impl Router {
             .map(|f| (f.path.clone(), Value::String(f.text.clone())))
             .collect();
         let files = serde_json::to_string(&files).unwrap_or_default();
-        let first = self.store.archive_policy(policy.version(), &files, now).await?;
+        let first = self
+            .store
+            .archive_policy(policy.version(), &files, now)
+            .await?;
         let mut entry = AuditEntry::new(EntryKind::PolicyLoaded, now);
         entry.index = self.take_index(next);
         entry.policy_version = Some(policy.version().to_string());
@@ -590,7 +628,10 @@ impl Router {
             policy.rules().len()
         ));
         commit.audit.push(entry);
-        info!(version = policy.version(), "policy version recorded in the audit log");
+        info!(
+            version = policy.version(),
+            "policy version recorded in the audit log"
+        );
         Ok(())
     }
 
@@ -656,7 +697,9 @@ impl Router {
                 signed_at_ms: now,
             };
             let delivery = Delivery {
-                envelope: a.alert.redacted(|name| share.fields.iter().any(|f| f == name)),
+                envelope: a
+                    .alert
+                    .redacted(|name| share.fields.iter().any(|f| f == name)),
                 stamp: self.signer.sign(messages::TAG_SHARE_STAMP, &stamp),
             }
             .to_json();
@@ -813,7 +856,10 @@ impl Router {
             }
         };
         if ack.agency != tenant || ack.share_ids.len() > 1000 {
-            warn!(agency = tenant, "acknowledgement refused: wrong agency or too many share ids");
+            warn!(
+                agency = tenant,
+                "acknowledgement refused: wrong agency or too many share ids"
+            );
             return Ok(());
         }
         let pending = self.store.unacked_among(tenant, &ack.share_ids).await?;
@@ -850,7 +896,10 @@ impl Router {
             .map(|r| r.request_id)
             .unwrap_or_else(|_| "-".into());
         if self.replays.check_key(&tenant.to_string()).is_err() {
-            warn!(agency = tenant, request, "replay request refused: too frequent");
+            warn!(
+                agency = tenant,
+                request, "replay request refused: too frequent"
+            );
             return;
         }
         match self
@@ -865,7 +914,10 @@ impl Router {
                         self.send(topics::inbox(tenant, &p.topic), payload);
                     }
                 }
-                info!(agency = tenant, request, count, "replayed unacknowledged shares");
+                info!(
+                    agency = tenant,
+                    request, count, "replayed unacknowledged shares"
+                );
             }
             Err(e) => error!(agency = tenant, error = %e, "replay failed: database unavailable"),
         }

@@ -21,6 +21,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alerts;
+pub mod client;
 pub mod encoding;
 pub mod envelope;
 pub mod identifiers;
@@ -31,5 +33,9 @@ pub mod source;
 pub mod time;
 pub mod topics;
 
+pub use alerts::{Alert, AlertError};
+pub use client::{
+    AgencyConfig, Client, ClientError, DeliveryError, PublishError, ReceivedShare, Subscription,
+};
 pub use envelope::{Digest, Disclosure, Envelope, EnvelopeError, EnvelopeHeader, VerifiedAlert};
 pub use keys::{AgencyKey, KeyError, KeyRegistry, KeyResolver};

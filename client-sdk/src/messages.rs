@@ -331,9 +331,9 @@ impl Delivery {
         broker_keys: &KeyRegistry,
         agency_keys: &dyn KeyResolver,
     ) -> Result<VerifiedDelivery, MessageError> {
-        let stamp: ShareStamp = self
-            .stamp
-            .verify(TAG_SHARE_STAMP, broker_keys, BROKER_KEY_OWNER)?;
+        let stamp: ShareStamp =
+            self.stamp
+                .verify(TAG_SHARE_STAMP, broker_keys, BROKER_KEY_OWNER)?;
         if stamp.recipient != me {
             return Err(MessageError::WrongRecipient {
                 stamped: stamp.recipient,

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        assert_eq!(outbox("polisen", "akrim/ost/x"), "/tenants/polisen/out/akrim/ost/x");
+        assert_eq!(
+            outbox("polisen", "akrim/ost/x"),
+            "/tenants/polisen/out/akrim/ost/x"
+        );
         assert_eq!(
             BrokerTopic::parse("/tenants/polisen/out/akrim/ost/x"),
             Some(BrokerTopic::Outbox {
@@ -108,8 +111,17 @@ mod tests {
         );
         assert_eq!(BrokerTopic::parse("/tenants/polisen/in/x"), None);
         assert_eq!(BrokerTopic::parse("tenants/polisen/out/x"), None);
-        assert_eq!(logical_of_inbox("linkoping", &inbox("linkoping", "a/b")), Some("a/b"));
-        assert_eq!(logical_of_inbox("linkoping", &inbox("linkopingx", "a/b")), None);
-        assert_eq!(checkpoint("akrimost"), "/tenants/akrimost/in/_audit/checkpoint");
+        assert_eq!(
+            logical_of_inbox("linkoping", &inbox("linkoping", "a/b")),
+            Some("a/b")
+        );
+        assert_eq!(
+            logical_of_inbox("linkoping", &inbox("linkopingx", "a/b")),
+            None
+        );
+        assert_eq!(
+            checkpoint("akrimost"),
+            "/tenants/akrimost/in/_audit/checkpoint"
+        );
     }
 }

@@ -1,1 +1,8 @@
-// End-to-end tests arrive with the broker.
+//! End-to-end tests: a real broker over real mutual TLS with real clients.
+//! One binary, one module per area (see `samverkan_e2e` for the harness).
+
+mod fixtures;
+mod flows;
+mod isolation;
+mod raw;
+mod tls;

@@ -511,9 +511,8 @@ impl Store {
 
     /// All audit entries about one alert, in order.
     pub async fn audit_for_alert(&self, alert_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE alert_id = $1 ORDER BY idx"
-        );
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE alert_id = $1 ORDER BY idx");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(alert_id.to_string())
             .fetch_all(&self.pool)

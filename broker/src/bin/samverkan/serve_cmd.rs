@@ -35,12 +35,19 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.store_url = url;
     }
     println!("Samverkan broker");
-    println!("  listening    mqtts://{} (MQTT 3.1.1 and 5, client certificate required)", config.listen);
+    println!(
+        "  listening    mqtts://{} (MQTT 3.1.1 and 5, client certificate required)",
+        config.listen
+    );
     println!("  policy       {}", config.policy_dir.display());
     println!("  store        {}", redact_url(&config.store_url));
     println!("  federation CA {}", config.tls.ca.display());
     println!("  server cert  {}", config.tls.cert.display());
-    println!("  signing key  {} ({})", config.signing_key.display(), config.signing_key_id);
+    println!(
+        "  signing key  {} ({})",
+        config.signing_key.display(),
+        config.signing_key_id
+    );
     if let Some(crl) = &config.tls.crl {
         println!("  CRL          {}", crl.display());
     }
@@ -85,7 +92,9 @@ fn development_config() -> Result<BrokerConfig> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let layout = DevPkiLayout::new(DEV_PKI_DIR);
     if !layout.is_complete(&agencies) {
-        println!("No complete development PKI in {DEV_PKI_DIR}/: generating one (DEVELOPMENT ONLY)");
+        println!(
+            "No complete development PKI in {DEV_PKI_DIR}/: generating one (DEVELOPMENT ONLY)"
+        );
         pki::generate_dev(Path::new(DEV_PKI_DIR), &config.policy_dir)?;
     }
     Ok(config)

@@ -1,0 +1,305 @@
+//! `samverkan-client`: publish and follow alerts from the command line, for
+//! people and for systems not written in Rust.
+//!
+//! ```text
+//! samverkan-client publish --agency linkoping --topic welfare/incorrect-payment/ost \
+//!     --type welfare.incorrect_payment --file alert.json [--to polisen,forsakringskassan]
+//! samverkan-client follow --agency forsakringskassan [--filter 'welfare/#'] [--no-ack]
+//! ```
+//!
+//! Both default to the development layout (`certs-dev/`, `policies/keys.toml`,
+//! broker at `localhost:8883`). `publish` prints the broker's verified
+//! receipt as JSON and exits 0 when the alert was accepted, 2 when it was
+//! rejected and 1 on any other error. `follow` prints every verified share as
+//! one JSON line on stdout and acknowledges it after printing (unless
+//! `--no-ack`); refused deliveries go to stderr as JSON lines
+//! `{"error", "message", "topic"}`. Log lines (stderr) are controlled with
+//! `RUST_LOG` (default `warn`).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use samverkan_sdk::alerts::Alert;
+use samverkan_sdk::client::{AgencyConfig, Client, PublishError, ReceivedShare};
+use serde_json::{Map, Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "samverkan-client",
+    version,
+    about = "Publish alerts to and follow shares from a Samverkan broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// The agency to act as (its certificate, key and tenant).
+    #[arg(long)]
+    agency: String,
+    /// The broker's MQTT-over-TLS address, `host:port`.
+    #[arg(long, default_value = "localhost:8883")]
+    broker: String,
+    /// Directory of the development PKI (`ca.pem`, `<agency>/client.pem`, ...).
+    #[arg(long, default_value = "certs-dev")]
+    certs: PathBuf,
+    /// The agencies' public key registry.
+    #[arg(long, default_value = "policies/keys.toml")]
+    keys: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sign and publish one alert; print the broker's receipt.
+    Publish {
+        #[command(flatten)]
+        connection: Connection,
+        /// The logical topic, e.g. `welfare/incorrect-payment/ost`.
+        #[arg(long)]
+        topic: String,
+        /// The alert type, e.g. `welfare.incorrect_payment`.
+        #[arg(long = "type")]
+        alert_type: String,
+        /// A JSON object with the alert's fields (`-` reads standard input).
+        #[arg(long)]
+        file: PathBuf,
+        /// Address the alert explicitly to these agencies (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        to: Option<Vec<String>>,
+        /// Give up after this many seconds without a receipt.
+        #[arg(long, default_value_t = 60)]
+        deadline: u64,
+    },
+    /// Print every share delivered to the agency as a JSON line.
+    Follow {
+        #[command(flatten)]
+        connection: Connection,
+        /// The logical topic filter (`#` for everything).
+        #[arg(long, default_value = "#")]
+        filter: String,
+        /// Do not acknowledge the shares (they will be delivered again).
+        #[arg(long)]
+        no_ack: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Publish {
+            connection,
+            topic,
+            alert_type,
+            file,
+            to,
+            deadline,
+        } => {
+            let fields = read_fields(&file)?;
+            let mut alert = Alert::new(alert_type, fields);
+            if let Some(to) = to {
+                alert = alert.addressed_to(to);
+            }
+            let mut config = config(&connection)?;
+            config.publish_deadline = Duration::from_secs(deadline.max(1));
+            let client = Client::connect(config).await?;
+            let outcome = client.publish(&topic, alert).await;
+            client.close().await;
+            match outcome {
+                Ok(receipt) => {
+                    println!("{}", serde_json::to_string_pretty(&receipt)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(PublishError::Rejected(receipt)) => {
+                    println!("{}", serde_json::to_string_pretty(&receipt)?);
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Follow {
+            connection,
+            filter,
+            no_ack,
+        } => {
+            let client = Client::connect(config(&connection)?).await?;
+            let mut subscription = client.subscribe(&filter).await?;
+            let mut stdout = std::io::stdout();
+            let mut stderr = std::io::stderr();
+            loop {
+                let item = tokio::select! {
+                    item = subscription.next() => item,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                match item {
+                    None => bail!("the connection to the broker ended"),
+                    Some(Ok(share)) => {
+                        writeln!(stdout, "{}", share_line(&share))?;
+                        stdout.flush()?;
+                        if !no_ack {
+                            share.ack().await.context("acknowledging a share")?;
+                        }
+                    }
+                    Some(Err(refused)) => {
+                        let line = json!({
+                            "error": refused.code(),
+                            "message": refused.to_string(),
+                            "topic": refused.topic(),
+                        });
+                        writeln!(stderr, "{line}")?;
+                    }
+                }
+            }
+            drop(subscription);
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config(connection: &Connection) -> Result<AgencyConfig> {
+    let (host, port) = split_address(&connection.broker)?;
+    Ok(AgencyConfig::from_dev_pki(
+        &connection.certs,
+        &connection.keys,
+        &connection.agency,
+        &host,
+        port,
+    )?)
+}
+
+/// Splits `host:port` (`[::1]:8883` for IPv6).
+fn split_address(address: &str) -> Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("the broker address `{address}` is not host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("the broker port `{port}` is not a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("the broker address `{address}` has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+fn read_fields(file: &Path) -> Result<Map<String, Value>> {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the alert from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => bail!(
+            "{}: the alert must be a JSON object of fields",
+            file.display()
+        ),
+        Err(e) => bail!("{}: not JSON: {e}", file.display()),
+    }
+}
+
+fn share_line(share: &ReceivedShare) -> Value {
+    let stamp = share.stamp();
+    json!({
+        "share_id": stamp.share_id,
+        "alert_id": stamp.alert_id,
+        "publisher": stamp.publisher,
+        "topic": stamp.topic,
+        "alert_type": stamp.alert_type,
+        "rule_id": stamp.rule_id,
+        "legal_basis": stamp.legal_basis,
+        "purpose": stamp.purpose,
+        "fields": share.fields(),
+        "audit_index": stamp.audit_index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses() {
+        assert_eq!(
+            split_address("localhost:8883").unwrap(),
+            ("localhost".into(), 8883)
+        );
+        assert_eq!(split_address("[::1]:8883").unwrap(), ("::1".into(), 8883));
+        assert!(split_address("localhost").is_err());
+        assert!(split_address(":8883").is_err());
+        assert!(split_address("localhost:99999").is_err());
+    }
+
+    #[test]
+    fn command_line_defaults() {
+        let cli = Cli::try_parse_from([
+            "samverkan-client",
+            "publish",
+            "--agency",
+            "linkoping",
+            "--topic",
+            "welfare/x",
+            "--type",
+            "welfare.incorrect_payment",
+            "--file",
+            "alert.json",
+            "--to",
+            "polisen,forsakringskassan",
+        ])
+        .unwrap();
+        let Command::Publish { connection, to, .. } = cli.command else {
+            panic!("not publish");
+        };
+        assert_eq!(connection.broker, "localhost:8883");
+        assert_eq!(connection.certs, PathBuf::from("certs-dev"));
+        assert_eq!(connection.keys, PathBuf::from("policies/keys.toml"));
+        assert_eq!(to, Some(vec!["polisen".into(), "forsakringskassan".into()]));
+        let cli = Cli::try_parse_from([
+            "samverkan-client",
+            "follow",
+            "--agency",
+            "polisen",
+            "--no-ack",
+        ])
+        .unwrap();
+        let Command::Follow { filter, no_ack, .. } = cli.command else {
+            panic!("not follow");
+        };
+        assert_eq!(filter, "#");
+        assert!(no_ack);
+    }
+}

@@ -1,0 +1,241 @@
+//! The allowed flows of the acceptance criteria, through the SDK.
+
+use std::time::Duration;
+
+use samverkan_broker::audit::EntryKind;
+use samverkan_e2e::TestBroker;
+use samverkan_sdk::messages::ReceiptStatus;
+
+use crate::fixtures::{TEST_PNR, assert_nothing, incorrect_payment, inspection_result, next_share};
+
+#[tokio::test]
+async fn forsakringskassan_to_linkoping_about_its_resident() {
+    let broker = TestBroker::start().await;
+    let linkoping = broker.agency("linkoping").await;
+    let norrkoping = broker.agency("norrkoping").await;
+    let mut lkp_inbox = linkoping.subscribe("welfare/#").await.unwrap();
+    let mut nkp_inbox = norrkoping.subscribe("welfare/#").await.unwrap();
+    let fk = broker.agency("forsakringskassan").await;
+
+    let receipt = fk
+        .publish("welfare/incorrect-payment/ost", incorrect_payment("0580"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.status, ReceiptStatus::Accepted);
+    assert_eq!(receipt.shares.len(), 1);
+    let share = &receipt.shares[0];
+    assert_eq!(share.recipient, "linkoping");
+    assert_eq!(share.rule_id, "incorrect-payment-to-home-municipality");
+    assert_eq!(share.legal_basis, "uppgiftsskyldighet-valfard");
+    let permitted = [
+        "benefit",
+        "case_reference",
+        "period",
+        "subject_kommunkod",
+        "subject_personnummer",
+        "suspected_amount_sek",
+    ];
+    assert_eq!(share.fields, permitted);
+    // Norrköping is denied, with the condition that stopped it.
+    let denial = receipt
+        .denials
+        .iter()
+        .find(|d| d.recipient.as_deref() == Some("norrkoping"))
+        .expect("a denial for norrkoping");
+    assert_eq!(denial.code, "condition_not_met");
+
+    // Linköping gets exactly the permitted fields, verified end to end.
+    let got = next_share(&mut lkp_inbox).await;
+    let mut names: Vec<String> = got.fields().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, permitted);
+    assert_eq!(got.fields()["subject_personnummer"], TEST_PNR);
+    assert!(
+        got.fields().get("grounds").is_none(),
+        "grounds is not permitted"
+    );
+    assert_eq!(got.stamp().rule_id, share.rule_id);
+    assert_eq!(got.stamp().legal_basis, "uppgiftsskyldighet-valfard");
+    assert_eq!(got.alert().header().publisher, "forsakringskassan");
+    assert_eq!(got.share_id(), share.share_id);
+    got.ack().await.unwrap();
+
+    // Norrköping receives nothing.
+    assert_nothing(&mut nkp_inbox, Duration::from_secs(1)).await;
+
+    // The audit log has the share with legal basis and field names, and the denial.
+    let alert_id = receipt.alert_id.clone().unwrap();
+    let entries = broker
+        .broker()
+        .store()
+        .audit_for_alert(&alert_id)
+        .await
+        .unwrap();
+    let shares: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Share)
+        .collect();
+    assert_eq!(shares.len(), 1);
+    let entry = shares[0];
+    assert_eq!(entry.index, share.audit_index);
+    assert_eq!(entry.recipient.as_deref(), Some("linkoping"));
+    assert_eq!(
+        entry.legal_basis.as_deref(),
+        Some("uppgiftsskyldighet-valfard")
+    );
+    assert_eq!(
+        entry.rule_id.as_deref(),
+        Some("incorrect-payment-to-home-municipality")
+    );
+    assert_eq!(entry.fields, permitted);
+    assert_eq!(entry.publisher.as_deref(), Some("forsakringskassan"));
+    assert!(
+        entry
+            .purpose
+            .as_deref()
+            .unwrap_or("")
+            .contains("economic assistance")
+    );
+    assert_eq!(
+        entry.policy_version.as_deref(),
+        Some(receipt.policy_version.as_str())
+    );
+    assert!(entry.signature.is_some() && entry.disclosed_digest.is_some());
+    assert!(entries.iter().any(|e| e.kind == EntryKind::Denial
+        && e.recipient.as_deref() == Some("norrkoping")
+        && e.reason_code.as_deref() == Some("condition_not_met")));
+    // No entry holds the personnummer.
+    for e in &entries {
+        assert!(!format!("{e:?}").contains("1212-1212"), "{e:?}");
+    }
+
+    // The acknowledgement is recorded as proof of receipt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let entries = broker
+            .broker()
+            .store()
+            .audit_for_alert(&alert_id)
+            .await
+            .unwrap();
+        if let Some(ack) = entries.iter().find(|e| e.kind == EntryKind::Ack) {
+            assert_eq!(ack.recipient.as_deref(), Some("linkoping"));
+            assert_eq!(ack.share_id.as_deref(), Some(share.share_id.as_str()));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ack was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn akrim_result_reaches_the_centre_and_skatteverket_but_not_a_municipality() {
+    let broker = TestBroker::start().await;
+    let akrimost = broker.agency("akrimost").await;
+    let skatteverket = broker.agency("skatteverket").await;
+    let linkoping = broker.agency("linkoping").await;
+    let mut centre = akrimost.subscribe("akrim/ost/#").await.unwrap();
+    let mut skv = skatteverket.subscribe("akrim/#").await.unwrap();
+    let mut lkp = linkoping.subscribe("#").await.unwrap();
+    let polisen = broker.agency("polisen").await;
+
+    let alert = inspection_result().addressed_to(["akrimost", "skatteverket", "linkoping"]);
+    let receipt = polisen
+        .publish("akrim/ost/inspection", alert)
+        .await
+        .unwrap();
+    let recipients: Vec<&str> = receipt
+        .shares
+        .iter()
+        .map(|s| s.recipient.as_str())
+        .collect();
+    assert_eq!(recipients, ["akrimost", "skatteverket"]);
+    assert!(
+        receipt
+            .shares
+            .iter()
+            .all(|s| s.legal_basis == "uppgiftsskyldighet-akrim")
+    );
+    assert_eq!(receipt.denials.len(), 1);
+    let denial = &receipt.denials[0];
+    assert_eq!(denial.recipient.as_deref(), Some("linkoping"));
+    assert_eq!(denial.code, "no_rule_for_recipient");
+
+    let got = next_share(&mut centre).await;
+    assert_eq!(
+        got.stamp().rule_id,
+        "akrim-inspection-results-regional-centre"
+    );
+    assert!(got.fields().contains_key("findings"));
+    let got = next_share(&mut skv).await;
+    assert_eq!(got.stamp().rule_id, "akrim-inspection-results");
+    assert_nothing(&mut lkp, Duration::from_secs(1)).await;
+
+    let entries = broker
+        .broker()
+        .store()
+        .audit_for_alert(receipt.alert_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    let denial_entry = entries
+        .iter()
+        .find(|e| e.kind == EntryKind::Denial)
+        .expect("the denial is audited");
+    assert_eq!(denial_entry.index, denial.audit_index);
+    assert_eq!(denial_entry.recipient.as_deref(), Some("linkoping"));
+    assert_eq!(
+        denial_entry.reason_code.as_deref(),
+        Some("no_rule_for_recipient")
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Share)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_same_alert_twice_gives_one_set_of_shares_and_the_same_receipt() {
+    let broker = TestBroker::start().await;
+    let linkoping = broker.agency("linkoping").await;
+    let mut inbox = linkoping.subscribe("welfare/#").await.unwrap();
+    let fk = broker.agency("forsakringskassan").await;
+
+    let envelope = fk
+        .sign("welfare/incorrect-payment/ost", &incorrect_payment("0580"))
+        .unwrap();
+    let first = fk.publish_envelope(envelope.clone()).await.unwrap();
+    let second = fk.publish_envelope(envelope.clone()).await.unwrap();
+    assert_eq!(first, second, "a resend gets the original receipt");
+
+    let share = next_share(&mut inbox).await;
+    share.ack().await.unwrap();
+    assert_nothing(&mut inbox, Duration::from_secs(1)).await;
+    assert_eq!(
+        broker
+            .broker()
+            .store()
+            .delivery_count("linkoping")
+            .await
+            .unwrap(),
+        1
+    );
+    let entries = broker
+        .broker()
+        .store()
+        .audit_for_alert(&envelope.header.alert_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Share)
+            .count(),
+        1
+    );
+}

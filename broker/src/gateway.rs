@@ -14,7 +14,8 @@
 //!    and connects to rumqttd's matching loopback listener with an internal
 //!    certificate for the same agency;
 //! 5. relays bytes both ways until either side closes, the connection is
-//!    revoked, or the broker shuts down.
+//!    revoked, or the broker shuts down. Both sockets run with `TCP_NODELAY`
+//!    and `TCP_QUICKACK` ([`crate::quickack`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::identity::{PeerIdentity, peer_identity};
 use crate::limits::ConnectionLimits;
 use crate::mqtt::{Embedded, crypto_provider};
 use crate::policy::PolicyHandle;
+use crate::quickack::QuickAck;
 
 /// Why the gateway's TLS set-up failed.
 #[derive(Debug, Error)]
@@ -309,7 +311,6 @@ impl Gateway {
         let backend = TcpStream::connect(backend_addr)
             .await
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
-        let _ = backend.set_nodelay(true);
         let connector = TlsConnector::from(
             self.embedded
                 .client_config(&identity.agency)
@@ -317,7 +318,7 @@ impl Gateway {
         );
         let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
         let mut backend = connector
-            .connect(server_name, backend)
+            .connect(server_name, QuickAck::new(backend))
             .await
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         backend

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod mqtt;
 pub mod pki;
 pub mod policy;
+pub mod quickack;
 pub mod router;
 pub mod server;
 pub mod signer;

@@ -314,9 +314,24 @@ impl Router {
         payload: &[u8],
         now: i64,
     ) -> Outcome {
+        // A refusal names the alert when it can be read, so that the
+        // publisher's SDK can match the receipt to what it sent.
         let refused = |mut r: Rejected| {
-            if r.alert_id.is_none() {
-                r.alert_id = peek_alert_id(payload);
+            if r.envelope_hash.is_none() {
+                match Envelope::from_json(payload) {
+                    Ok(envelope) => {
+                        let h = &envelope.header;
+                        r.alert_id = Some(h.alert_id.clone())
+                            .filter(|id| names::validate_alert_id(id).is_ok());
+                        r.topic = Some(logical.to_string())
+                            .filter(|t| names::validate_logical_topic(t).is_ok());
+                        r.alert_type = Some(h.alert_type.clone())
+                            .filter(|t| names::validate_alert_type(t).is_ok());
+                        r.envelope_hash = Some(messages::envelope_hash(&envelope));
+                        r.signature = Some(b64(&envelope.signature.0));
+                    }
+                    Err(_) => r.alert_id = peek_alert_id(payload),
+                }
             }
             Outcome::Rejected(Box::new(r))
         };

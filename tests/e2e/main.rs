@@ -3,6 +3,9 @@
 
 mod fixtures;
 mod flows;
+mod forgery;
 mod isolation;
 mod raw;
+mod rejections;
+mod third_party;
 mod tls;

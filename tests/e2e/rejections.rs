@@ -251,7 +251,7 @@ async fn exceeding_the_publish_limit_is_refused_and_others_are_unaffected() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(accepted >= 2 && accepted < 6, "accepted {accepted}");
+    assert!((2..6).contains(&accepted), "accepted {accepted}");
     assert!(!limited.is_empty());
     for r in &limited {
         let rejection = r.rejection.as_ref().unwrap();

@@ -44,6 +44,92 @@ pub fn init_logging() {
     }
 }
 
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, a file in the test's directory.
+    Sqlite,
+    /// PostgreSQL, a fresh database on the server named by `SAMVERKAN_TEST_POSTGRES`.
+    Postgres,
+}
+
+/// The environment variable with the PostgreSQL URL the tests use.
+pub const POSTGRES_ENV: &str = "SAMVERKAN_TEST_POSTGRES";
+
+/// A database for one test, dropped afterwards (PostgreSQL) or removed with
+/// the test's directory (SQLite).
+pub struct TestDatabase {
+    /// The URL to give the broker.
+    pub url: String,
+    /// For PostgreSQL: the server URL and the database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// A fresh database of `backend`; SQLite files go into `dir`.
+    pub async fn new(backend: Backend, dir: &Path) -> Self {
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.join("samverkan.db").display()),
+                postgres: None,
+            },
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let server = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+                    panic!(
+                        "{POSTGRES_ENV} must name a PostgreSQL database for the tests, e.g. \
+                         postgres://postgres@127.0.0.1:5432/test (.ci/run sets it)"
+                    )
+                });
+                let name = format!("samverkan_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&server)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_ENV}={server}: {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let (base, query) = match server.split_once('?') {
+                    Some((b, q)) => (b.to_string(), format!("?{q}")),
+                    None => (server.clone(), String::new()),
+                };
+                let prefix = base.rsplit_once('/').map(|(p, _)| p).unwrap_or(&base);
+                Self {
+                    url: format!("{prefix}/{name}{query}"),
+                    postgres: Some((server, name)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.postgres.take() {
+            // Drop runs outside async code; use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
 /// A broker running in this process on `127.0.0.1:<ephemeral>`.
 pub struct TestBroker {
     /// Holds policies, certificates and the database.
@@ -52,6 +138,8 @@ pub struct TestBroker {
     pub broker: Option<Broker>,
     /// The broker's configuration.
     pub config: BrokerConfig,
+    /// The database (kept until the test ends).
+    pub database: Option<TestDatabase>,
 }
 
 /// Prepares a working directory: a copy of the policy set and a fresh
@@ -71,9 +159,19 @@ impl TestBroker {
 
     /// A broker in a prepared directory, after `adjust` changed its configuration.
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut BrokerConfig)) -> Self {
+        Self::start_with(Backend::Sqlite, dir, adjust).await
+    }
+
+    /// A broker on `backend` in a prepared directory.
+    pub async fn start_with(
+        backend: Backend,
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut BrokerConfig),
+    ) -> Self {
         init_logging();
+        let database = TestDatabase::new(backend, dir.path()).await;
         let mut config = BrokerConfig::development(dir.path());
-        config.store_url = format!("sqlite://{}", dir.path().join("samverkan.db").display());
+        config.store_url = database.url.clone();
         config.gateway.handshake_timeout = Duration::from_secs(2);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,7 +180,21 @@ impl TestBroker {
             dir,
             broker: Some(broker),
             config,
+            database: Some(database),
         }
+    }
+
+    /// Runs the `samverkan` binary against this broker's store and keys.
+    pub fn samverkan(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(samverkan_binary())
+            .args(args)
+            .arg("--store")
+            .arg(&self.config.store_url)
+            .arg("--broker-keys")
+            .arg(self.pki().broker_keys())
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run samverkan")
     }
 
     /// The broker.
@@ -122,6 +234,76 @@ impl TestBroker {
         samverkan_sdk::client::Client::connect(self.agency_config(agency))
             .await
             .unwrap()
+    }
+
+    /// Starts the broker again on the same directory and database (after [`Self::stop`]).
+    pub async fn restart(&mut self) {
+        assert!(self.broker.is_none(), "stop the broker first");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.broker = Some(Broker::start(self.config.clone(), listener).await.unwrap());
+    }
+
+    /// Runs SQL directly against the broker's database (to tamper with it).
+    pub async fn execute_sql(&self, sql: &str) -> u64 {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.config.store_url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected()
+    }
+
+    /// Rewrites one audit row with `entry`'s columns *and* its correct leaf
+    /// hash, as a careful attacker with database access would.
+    pub async fn rewrite_audit_row(&self, entry: &samverkan_broker::audit::AuditEntry) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.config.store_url)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_entries SET recipient = $1, leaf_hash = $2 WHERE idx = $3")
+            .bind(entry.recipient.clone())
+            .bind(entry.leaf_hash().to_vec())
+            .bind(entry.index as i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Replaces the stored Merkle tree with one recomputed from the rows as
+    /// they are now (an attacker covering up an edit).
+    pub async fn rebuild_tree(&self) {
+        use samverkan_broker::audit::tree::Frontier;
+        use sqlx::Connection;
+        let store = samverkan_broker::store::Store::open(&self.config.store_url)
+            .await
+            .unwrap();
+        let (_, next) = store.audit_extent().await.unwrap();
+        let mut frontier = Frontier::empty();
+        let mut hashes = Vec::new();
+        for (_, leaf) in store.audit_range_with_leaves(0, next).await.unwrap() {
+            hashes.extend(frontier.append(leaf.try_into().unwrap()));
+        }
+        store.close().await;
+        let mut conn = sqlx::AnyConnection::connect(&self.config.store_url)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM tree_hashes")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        for (idx, hash) in hashes {
+            sqlx::query("INSERT INTO tree_hashes (idx, hash) VALUES ($1, $2)")
+                .bind(idx as i64)
+                .bind(hash.to_vec())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 
     /// Stops the broker gracefully.
@@ -185,4 +367,18 @@ impl TestBroker {
         opts.set_keep_alive(Duration::from_secs(10));
         opts
     }
+}
+
+/// The `samverkan` binary of this build.
+pub fn samverkan_binary() -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("samverkan");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p samverkan-broker; nextest and cargo test do)",
+        path.display()
+    );
+    path
 }

@@ -32,6 +32,13 @@
 //! max_payload_bytes = 262144
 //! max_clock_skew_ms = 300000
 //! batch_max = 512
+//!
+//! [audit]
+//! origin = "samverkan-dev/audit"        # the log's name in signed checkpoints
+//! subject_key = "certs-dev/subject-hash.key"
+//! checkpoint_interval_ms = 60000        # sign a tree head at least this often…
+//! checkpoint_every_entries = 1000       # …and after this many new entries
+//! retention_interval_ms = 3600000       # how often content past retention is purged
 //! ```
 
 use std::net::SocketAddr;
@@ -57,6 +64,32 @@ struct RawConfig {
     policy: RawPolicy,
     store: RawStore,
     router: RawRouter,
+    audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    origin: Option<Spanned<String>>,
+    subject_key: Option<String>,
+    checkpoint_interval_ms: Option<Spanned<u64>>,
+    checkpoint_every_entries: Option<Spanned<u64>>,
+    retention_interval_ms: Option<Spanned<u64>>,
+}
+
+/// Settings of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The log's name in checkpoints (and the signed-note key name).
+    pub origin: String,
+    /// The secret key of subject hashes.
+    pub subject_key: PathBuf,
+    /// Longest time between checkpoints while entries are added.
+    pub checkpoint_interval: Duration,
+    /// Entries after which a checkpoint is signed at once.
+    pub checkpoint_every_entries: u64,
+    /// How often content past its retention period is purged.
+    pub retention_interval: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +163,8 @@ pub struct BrokerConfig {
     pub router: RouterSettings,
     /// Embedded broker sizes.
     pub mqtt: MqttSettings,
+    /// The audit log.
+    pub audit: AuditSettings,
 }
 
 /// The development PKI directory, relative to the working directory.
@@ -282,6 +317,40 @@ impl BrokerConfig {
                 ),
             }
         }
+        let origin = match raw.audit.origin {
+            None => "samverkan-dev/audit".to_string(),
+            Some(s) => {
+                let o = s.get_ref();
+                if o.is_empty() || o.chars().any(|c| c.is_whitespace() || c == '+') || !o.is_ascii()
+                {
+                    err(s.span().start, "origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\"".into());
+                }
+                s.into_inner()
+            }
+        };
+        let checkpoint_interval = millis(
+            &raw.audit.checkpoint_interval_ms,
+            60_000,
+            "checkpoint_interval_ms",
+            &mut err,
+        );
+        let retention_interval = millis(
+            &raw.audit.retention_interval_ms,
+            3_600_000,
+            "retention_interval_ms",
+            &mut err,
+        );
+        let checkpoint_every_entries = match &raw.audit.checkpoint_every_entries {
+            None => 1000,
+            Some(s) if *s.get_ref() == 0 => {
+                err(
+                    s.span().start,
+                    "checkpoint_every_entries must be at least 1".into(),
+                );
+                1
+            }
+            Some(s) => *s.get_ref(),
+        };
         let config = BrokerConfig {
             listen,
             tls: TlsFiles {
@@ -303,6 +372,13 @@ impl BrokerConfig {
             max_connections_per_agency: per_agency,
             router,
             mqtt: MqttSettings::default(),
+            audit: AuditSettings {
+                origin,
+                subject_key: path(raw.audit.subject_key, "certs-dev/subject-hash.key"),
+                checkpoint_interval,
+                checkpoint_every_entries,
+                retention_interval,
+            },
         };
         if errors.is_empty() {
             Ok(config)

@@ -24,11 +24,12 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rumqttd::Notification;
+use rumqttd::local::LinkRx;
 use samverkan_sdk::envelope::{Envelope, EnvelopeError};
 use samverkan_sdk::messages::{
     self, Ack, Delivery, DenialReceipt, Receipt, ReceiptStatus, Rejection, ReplayRequest,
@@ -41,15 +42,20 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::audit::subject::SubjectHasher;
+use crate::audit::tree::Frontier;
 use crate::audit::{AuditEntry, EntryKind, disclosed_digest};
+use crate::config::AuditSettings;
 use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
 use crate::policy::{Decision, DecisionInput, PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
-use crate::store::{AckUpdate, AlertRow, Commit, DeliveryRow, Store, StoreError};
+use crate::store::{
+    AckUpdate, AlertRow, Commit, DeliveryRow, Purge, Store, StoreError, StoredCheckpoint,
+};
 
 /// The topic filters the router subscribes to.
 pub const ROUTER_FILTERS: [&str; 3] = ["/tenants/+/out/#", "/tenants/+/acks", "/tenants/+/replay"];
@@ -88,6 +94,22 @@ pub enum RouterError {
     /// The store failed at start-up.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Work the router is asked to do besides routing, so that every audit
+/// entry is appended by the one appender.
+#[derive(Debug)]
+pub enum RouterCommand {
+    /// Sign and publish a checkpoint of the log (if it grew).
+    Checkpoint {
+        /// Answered with the checkpoint's size.
+        done: Option<oneshot::Sender<Result<u64, String>>>,
+    },
+    /// Purge content past its retention period.
+    Purge {
+        /// Answered with how many alerts and deliveries were purged.
+        done: Option<oneshot::Sender<Result<(u64, u64), String>>>,
+    },
 }
 
 /// A message taken from rumqttd.
@@ -144,6 +166,24 @@ enum Outcome {
     },
 }
 
+/// What a router works with.
+pub struct RouterParts {
+    /// Its link into rumqttd.
+    pub link: RouterLink,
+    /// The policy in force.
+    pub policy: Arc<PolicyHandle>,
+    /// The database.
+    pub store: Store,
+    /// The broker's signing key.
+    pub signer: Arc<BrokerSigner>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The subject hash key.
+    pub subjects: SubjectHasher,
+    /// Checkpoint and purge requests.
+    pub commands: mpsc::Receiver<RouterCommand>,
+}
+
 /// The router task's state.
 pub struct Router {
     link: RouterLink,
@@ -158,6 +198,11 @@ pub struct Router {
     replays: DefaultKeyedRateLimiter<String>,
     next_index: u64,
     resync: bool,
+    commands: mpsc::Receiver<RouterCommand>,
+    audit: AuditSettings,
+    subjects: SubjectHasher,
+    frontier: Frontier,
+    checkpointed: Option<u64>,
 }
 
 fn reject(tenant: &str, code: &str, message: impl Into<String>) -> Rejected {
@@ -194,15 +239,17 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 impl Router {
-    /// A router over `link`, deciding with `policy` and recording in `store`.
-    pub fn new(
-        link: RouterLink,
-        policy: Arc<PolicyHandle>,
-        store: Store,
-        signer: Arc<BrokerSigner>,
-        settings: RouterSettings,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    /// A router over `parts.link`, deciding with `parts.policy` and recording in `parts.store`.
+    pub fn new(parts: RouterParts, settings: RouterSettings, audit: AuditSettings) -> Self {
+        let RouterParts {
+            link,
+            policy,
+            store,
+            signer,
+            clock,
+            subjects,
+            commands,
+        } = parts;
         let current = policy.current();
         let limits = PublishLimits::from_policy(&current);
         let quota = Quota::per_second(NonZeroU32::MIN)
@@ -220,89 +267,181 @@ impl Router {
             replays: RateLimiter::keyed(quota),
             next_index: 0,
             resync: true,
+            commands,
+            audit,
+            subjects,
+            frontier: Frontier::empty(),
+            checkpointed: None,
         }
+    }
+
+    /// Reads the appender's state (next index, tree frontier, last
+    /// checkpoint) from the database, after start-up or a failed commit.
+    async fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.resync {
+            return Ok(());
+        }
+        let next = self.store.next_audit_index().await?;
+        let frontier = Frontier::load(&self.store, next).await?;
+        let checkpointed = self.store.latest_checkpoint().await?.map(|c| c.size);
+        self.next_index = next;
+        self.frontier = frontier;
+        self.checkpointed = checkpointed;
+        self.resync = false;
+        Ok(())
+    }
+
+    /// Appends the commit's entries to the tree and writes everything in one
+    /// transaction; the router's state moves on only if it committed.
+    async fn finish(&mut self, mut commit: Commit, next: u64) -> Result<(), StoreError> {
+        let mut frontier = self.frontier.clone();
+        for entry in &commit.audit {
+            if entry.index != frontier.size() {
+                self.resync = true;
+                return Err(StoreError::Corrupt(format!(
+                    "entry {} would be appended at position {}",
+                    entry.index,
+                    frontier.size()
+                )));
+            }
+            commit
+                .tree_hashes
+                .extend(frontier.append(entry.leaf_hash()));
+        }
+        if let Err(e) = self.store.commit(&commit).await {
+            self.resync = true;
+            return Err(e);
+        }
+        self.next_index = next;
+        self.frontier = frontier;
+        Ok(())
+    }
+
+    async fn handle(&mut self, command: RouterCommand) {
+        match command {
+            RouterCommand::Checkpoint { done } => {
+                let result = self.checkpoint().await;
+                if let Err(e) = &result {
+                    error!(error = %e, "could not sign a checkpoint");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            RouterCommand::Purge { done } => {
+                let result = self.purge().await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    error!(error = %e, "retention purge failed (will be retried)");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    /// Signs, stores and publishes a checkpoint of the log as it is now,
+    /// unless the last one already covers every entry.
+    async fn checkpoint(&mut self) -> Result<u64, String> {
+        self.sync().await.map_err(|e| e.to_string())?;
+        let size = self.frontier.size();
+        if self.checkpointed == Some(size) {
+            return Ok(size);
+        }
+        let now = self.clock.now_ms();
+        let root = self.frontier.root();
+        let note = self
+            .signer
+            .sign_checkpoint(&self.audit.origin, size, &root, now)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .insert_checkpoint(&StoredCheckpoint {
+                size,
+                root,
+                at_ms: now,
+                note: note.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.checkpointed = Some(size);
+        let policy = self.policy.current();
+        for agency in policy.agencies().keys() {
+            self.send(topics::checkpoint(agency), note.clone().into_bytes());
+        }
+        info!(size, root = %hex::encode(root), "audit checkpoint signed and published");
+        Ok(size)
+    }
+
+    /// Purges alert content past its retention period, with one audit entry
+    /// per alert type purged, in one transaction.
+    async fn purge(&mut self) -> Result<(u64, u64), StoreError> {
+        self.sync().await?;
+        let policy = self.policy.current();
+        let now = self.clock.now_ms();
+        let mut next = self.next_index;
+        let mut commit = Commit::default();
+        let (mut alerts, mut deliveries) = (0, 0);
+        for alert_type in policy.alert_types().keys() {
+            let days = policy.retention_days(alert_type);
+            let cutoff = now - i64::from(days) * 86_400_000;
+            let (a, d) = self.store.purgeable(alert_type, cutoff).await?;
+            if a + d == 0 {
+                continue;
+            }
+            alerts += a;
+            deliveries += d;
+            commit.purges.push(Purge {
+                alert_type: alert_type.clone(),
+                cutoff_ms: cutoff,
+            });
+            let mut entry = AuditEntry::new(EntryKind::RetentionPurge, now);
+            entry.index = self.take_index(&mut next);
+            entry.alert_type = Some(alert_type.clone());
+            entry.policy_version = Some(policy.version().to_string());
+            entry.reason_code = Some("retention".into());
+            entry.reason = Some(format!(
+                "content of {a} alerts and {d} deliveries received before {} purged ({days} days of retention)",
+                samverkan_sdk::time::format_ms(cutoff)
+            ));
+            commit.audit.push(entry);
+        }
+        if !commit.is_empty() {
+            self.finish(commit, next).await?;
+            info!(
+                alerts,
+                deliveries, "content past its retention period purged"
+            );
+        }
+        Ok((alerts, deliveries))
     }
 
     /// Runs until `shutdown` turns true: everything received before that is
     /// committed and answered before this returns.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RouterError> {
         loop {
-            let batch = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                batch = self.receive_batch() => batch?,
-            };
-            self.process(batch).await;
+                Some(command) = self.commands.recv() => self.handle(command).await,
+                batch = receive_batch(&mut self.link.rx, self.settings.batch_max) => {
+                    let batch = batch?;
+                    self.process(batch).await;
+                }
+            }
         }
         // Drain what rumqttd already handed over.
         let mut rest = Vec::new();
         while let Ok(Some(n)) = self.link.rx.recv_deadline(Instant::now()) {
-            self.classify(n, &mut rest);
+            classify(&self.link.rx, n, &mut rest);
         }
         if !rest.is_empty() {
             self.process(rest).await;
         }
+        if let Err(e) = self.checkpoint().await {
+            warn!(error = %e, "no final checkpoint at shutdown");
+        }
         info!("router stopped");
         Ok(())
-    }
-
-    fn classify(&mut self, notification: Notification, batch: &mut Vec<Inbound>) {
-        match notification {
-            Notification::Forward(forward) => {
-                let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else {
-                    warn!("dropped a message whose topic is not UTF-8");
-                    return;
-                };
-                let payload = forward.publish.payload;
-                match BrokerTopic::parse(topic) {
-                    Some(BrokerTopic::Outbox { agency, logical }) => batch.push(Inbound::Alert {
-                        tenant: agency.to_string(),
-                        logical: logical.to_string(),
-                        payload,
-                    }),
-                    Some(BrokerTopic::Acks { agency }) => batch.push(Inbound::Ack {
-                        tenant: agency.to_string(),
-                        payload,
-                    }),
-                    Some(BrokerTopic::Replay { agency }) => batch.push(Inbound::Replay {
-                        tenant: agency.to_string(),
-                        payload,
-                    }),
-                    None => debug!(topic, "ignored a message outside the router's topics"),
-                }
-            }
-            Notification::Unschedule => {
-                // rumqttd pauses a link with many buffered notifications
-                // until it says it is ready again.
-                if let Err(e) = self.link.rx.ready() {
-                    error!(error = %e, "could not resume the router link");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    async fn receive_batch(&mut self) -> Result<Vec<Inbound>, RouterError> {
-        let mut batch = Vec::new();
-        while batch.is_empty() {
-            let first = self
-                .link
-                .rx
-                .next()
-                .await
-                .map_err(|e| RouterError::Link(e.to_string()))?;
-            if let Some(n) = first {
-                self.classify(n, &mut batch);
-            }
-        }
-        while batch.len() < self.settings.batch_max {
-            match self.link.rx.recv_deadline(Instant::now()) {
-                Ok(Some(n)) => self.classify(n, &mut batch),
-                Ok(None) => {}
-                Err(_) => break,
-            }
-        }
-        Ok(batch)
     }
 
     /// Checks one alert; no database access.
@@ -446,17 +585,9 @@ impl Router {
     }
 
     async fn process(&mut self, batch: Vec<Inbound>) {
-        if self.resync {
-            match self.store.next_audit_index().await {
-                Ok(next) => {
-                    self.next_index = next;
-                    self.resync = false;
-                }
-                Err(e) => {
-                    error!(error = %e, messages = batch.len(), "database unavailable: nothing of this batch is recorded or answered (publishers will resend)");
-                    return;
-                }
-            }
+        if let Err(e) = self.sync().await {
+            error!(error = %e, messages = batch.len(), "database unavailable: nothing of this batch is recorded or answered (publishers will resend)");
+            return;
         }
         let now = self.clock.now_ms();
         let policy = self.policy.current();
@@ -585,17 +716,16 @@ impl Router {
         }
 
         // One transaction for everything; nothing is sent before it commits.
-        if let Err(e) = self.store.commit(&commit).await {
-            error!(error = %e, entries = commit.audit.len(), "commit failed: nothing of this batch is answered (publishers will resend)");
-            self.resync = true;
-            return;
-        }
-        self.next_index = next;
-        if commit
+        let policy_recorded = commit
             .audit
             .iter()
-            .any(|e| e.kind == EntryKind::PolicyLoaded)
-        {
+            .any(|e| e.kind == EntryKind::PolicyLoaded);
+        let entries = commit.audit.len();
+        if let Err(e) = self.finish(commit, next).await {
+            error!(error = %e, entries, "commit failed: nothing of this batch is answered (publishers will resend)");
+            return;
+        }
+        if policy_recorded {
             self.recorded_policy = Some(policy.version().to_string());
         }
         for (topic, payload) in publish {
@@ -606,6 +736,12 @@ impl Router {
         }
         for (tenant, payload) in replays {
             self.replay(&tenant, &payload).await;
+        }
+        let since = self.frontier.size() - self.checkpointed.unwrap_or(0);
+        if since >= self.audit.checkpoint_every_entries
+            && let Err(e) = self.checkpoint().await
+        {
+            error!(error = %e, "could not sign a checkpoint");
         }
     }
 
@@ -622,12 +758,7 @@ impl Router {
         next: &mut u64,
         commit: &mut Commit,
     ) -> Result<(), StoreError> {
-        let files: serde_json::Map<String, Value> = policy
-            .files()
-            .iter()
-            .map(|f| (f.path.clone(), Value::String(f.text.clone())))
-            .collect();
-        let files = serde_json::to_string(&files).unwrap_or_default();
+        let files = serde_json::to_string(policy.files()).unwrap_or_default();
         let first = self
             .store
             .archive_policy(policy.version(), &files, now)
@@ -661,6 +792,16 @@ impl Router {
     ) -> (String, Vec<u8>) {
         let h = a.alert.header();
         let signature = b64(&a.alert.envelope().signature.0);
+        let subject_hashes: Vec<String> = policy
+            .alert_type(&h.alert_type)
+            .map(|t| t.subject_fields.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(field, kind)| {
+                let value = a.alert.field(field)?.as_str()?;
+                self.subjects.hash_value(*kind, value)
+            })
+            .collect();
         let base = |kind: EntryKind, index: u64| {
             let mut e = AuditEntry::new(kind, now);
             e.index = index;
@@ -671,6 +812,7 @@ impl Router {
             e.envelope_hash = Some(a.envelope_hash.clone());
             e.signature = Some(signature.clone());
             e.policy_version = Some(policy.version().to_string());
+            e.subject_hashes = subject_hashes.clone();
             e
         };
         let mut shares = Vec::new();
@@ -693,6 +835,9 @@ impl Router {
             entry.fields = share.fields.clone();
             entry.disclosed_digest = Some(disclosed_digest(&digests));
             entry.share_id = Some(share_id.clone());
+            commit
+                .subjects
+                .extend(subject_hashes.iter().map(|s| (s.clone(), index)));
             commit.audit.push(entry);
 
             let stamp = ShareStamp {
@@ -723,6 +868,7 @@ impl Router {
                 recipient: share.recipient.clone(),
                 alert_id: h.alert_id.clone(),
                 publisher: a.tenant.clone(),
+                alert_type: h.alert_type.clone(),
                 topic: h.topic.clone(),
                 audit_idx: index,
                 payload: delivery.clone(),
@@ -747,6 +893,9 @@ impl Router {
             entry.rule_id = denial.rule_id.clone();
             entry.reason_code = Some(denial.reason.code().to_string());
             entry.reason = Some(denial.reason.to_string());
+            commit
+                .subjects
+                .extend(subject_hashes.iter().map(|s| (s.clone(), index)));
             commit.audit.push(entry);
             denials.push(DenialReceipt {
                 recipient: denial.recipient.clone(),
@@ -939,6 +1088,66 @@ impl Router {
     }
 }
 
+/// Sorts one notification from rumqttd into the batch.
+fn classify(rx: &LinkRx, notification: Notification, batch: &mut Vec<Inbound>) {
+    match notification {
+        Notification::Forward(forward) => {
+            let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else {
+                warn!("dropped a message whose topic is not UTF-8");
+                return;
+            };
+            let payload = forward.publish.payload;
+            match BrokerTopic::parse(topic) {
+                Some(BrokerTopic::Outbox { agency, logical }) => batch.push(Inbound::Alert {
+                    tenant: agency.to_string(),
+                    logical: logical.to_string(),
+                    payload,
+                }),
+                Some(BrokerTopic::Acks { agency }) => batch.push(Inbound::Ack {
+                    tenant: agency.to_string(),
+                    payload,
+                }),
+                Some(BrokerTopic::Replay { agency }) => batch.push(Inbound::Replay {
+                    tenant: agency.to_string(),
+                    payload,
+                }),
+                None => debug!(topic, "ignored a message outside the router's topics"),
+            }
+        }
+        Notification::Unschedule => {
+            // rumqttd pauses a link with many buffered notifications until
+            // it says it is ready again.
+            if let Err(e) = rx.ready() {
+                error!(error = %e, "could not resume the router link");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Waits for at least one message, then takes whatever else has already
+/// arrived, up to `max`: under load, batches grow and commits get fewer.
+async fn receive_batch(rx: &mut LinkRx, max: usize) -> Result<Vec<Inbound>, RouterError> {
+    let mut batch = Vec::new();
+    while batch.is_empty() {
+        let first = rx
+            .next()
+            .await
+            .map_err(|e| RouterError::Link(e.to_string()))?;
+        if let Some(n) = first {
+            classify(rx, n, &mut batch);
+        }
+    }
+    while batch.len() < max {
+        match rx.recv_deadline(Instant::now()) {
+            Ok(Some(n)) => classify(rx, n, &mut batch),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
 fn reused(a: &Accepted) -> Outcome {
     let h = a.alert.header();
     Outcome::Rejected(Box::new(Rejected {
@@ -962,6 +1171,3 @@ fn names_or_escaped(s: &str) -> String {
         s.chars().take(40).flat_map(char::escape_default).collect()
     }
 }
-
-/// How long the router waits before retrying when the database is down.
-pub const RETRY_AFTER_DB_FAILURE: Duration = Duration::from_millis(500);

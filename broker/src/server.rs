@@ -12,16 +12,17 @@ use samverkan_sdk::keys::{self, KeyFileError};
 use samverkan_sdk::time::{Clock, SystemClock};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+use crate::audit::subject::{SubjectError, SubjectHasher};
 use crate::config::BrokerConfig;
 use crate::gateway::{Gateway, GatewayError, server_config};
 use crate::limits::ConnectionLimits;
 use crate::mqtt::{Embedded, MqttError};
 use crate::policy::{PolicyError, PolicyHandle, PolicySet};
-use crate::router::{ROUTER_FILTERS, Router, RouterError};
+use crate::router::{ROUTER_FILTERS, Router, RouterCommand, RouterError, RouterParts};
 use crate::signer::BrokerSigner;
 use crate::store::{Store, StoreError};
 
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The embedded MQTT broker did not start.
     #[error("embedded MQTT broker: {0}")]
     Mqtt(#[from] MqttError),
+    /// The subject hash key could not be read.
+    #[error(transparent)]
+    SubjectKey(#[from] SubjectError),
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -60,6 +64,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     router: JoinHandle<Result<(), RouterError>>,
     gateway_task: JoinHandle<()>,
+    timers: JoinHandle<()>,
+    commands: mpsc::Sender<RouterCommand>,
     gateway: Arc<Gateway>,
     policy: Arc<PolicyHandle>,
     store: Store,
@@ -106,16 +112,29 @@ impl Broker {
         let embedded = Arc::new(embedded);
         info!(v4 = %embedded.v4, v5 = %embedded.v5, "embedded MQTT broker listening on loopback");
 
+        let subjects = SubjectHasher::load(&config.audit.subject_key)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (commands, commands_rx) = mpsc::channel(16);
         let router = Router::new(
-            link,
-            policy.clone(),
-            store.clone(),
-            signer,
+            RouterParts {
+                link,
+                policy: policy.clone(),
+                store: store.clone(),
+                signer,
+                clock,
+                subjects,
+                commands: commands_rx,
+            },
             config.router.clone(),
-            clock,
+            config.audit.clone(),
         );
         let router = tokio::spawn(router.run(shutdown_rx.clone()));
+        let timers = tokio::spawn(timers(
+            commands.clone(),
+            config.audit.checkpoint_interval,
+            config.audit.retention_interval,
+            shutdown_rx.clone(),
+        ));
 
         let gateway = Arc::new(Gateway::new(
             tls,
@@ -135,6 +154,8 @@ impl Broker {
             shutdown,
             router,
             gateway_task,
+            timers,
+            commands,
             gateway,
             policy,
             store,
@@ -162,6 +183,31 @@ impl Broker {
         &self.gateway
     }
 
+    /// Signs and publishes a checkpoint now; returns its size.
+    pub async fn checkpoint_now(&self) -> Result<u64, String> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(RouterCommand::Checkpoint { done: Some(done) })
+            .await
+            .map_err(|_| "the router has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the router has stopped".to_string())?
+    }
+
+    /// Purges content past its retention period now; returns how many alerts
+    /// and deliveries were purged.
+    pub async fn purge_now(&self) -> Result<(u64, u64), String> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(RouterCommand::Purge { done: Some(done) })
+            .await
+            .map_err(|_| "the router has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the router has stopped".to_string())?
+    }
+
     /// Stops accepting, lets the router commit and answer what it has
     /// received, closes connections, and returns.
     pub async fn shutdown(self) {
@@ -172,6 +218,7 @@ impl Broker {
             Err(e) => error!(error = %e, "router task failed"),
         }
         let _ = self.gateway_task.await;
+        let _ = self.timers.await;
         self.store.close().await;
         info!("broker stopped");
     }
@@ -181,6 +228,29 @@ impl Broker {
         match (&mut self.router).await {
             Ok(r) => r,
             Err(e) => Err(RouterError::Link(e.to_string())),
+        }
+    }
+}
+
+/// Asks the router for checkpoints and retention purges at their intervals.
+async fn timers(
+    commands: mpsc::Sender<RouterCommand>,
+    checkpoint_every: std::time::Duration,
+    purge_every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut checkpoint = tokio::time::interval(checkpoint_every);
+    let mut purge = tokio::time::interval(purge_every);
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let command = tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = checkpoint.tick() => RouterCommand::Checkpoint { done: None },
+            _ = purge.tick() => RouterCommand::Purge { done: None },
+        };
+        if commands.send(command).await.is_err() {
+            return;
         }
     }
 }

@@ -39,6 +39,18 @@ impl BrokerSigner {
         self.key.verifying_key()
     }
 
+    /// Signs a checkpoint (C2SP tlog-checkpoint as a signed note) for the
+    /// audit log named `origin`.
+    pub fn sign_checkpoint(
+        &self,
+        origin: &str,
+        size: u64,
+        root: &[u8; 32],
+        time_ms: i64,
+    ) -> Result<String, samverkan_sdk::audit::AuditProofError> {
+        samverkan_sdk::audit::checkpoint::sign_checkpoint(origin, size, root, time_ms, &self.key)
+    }
+
     /// Signs `value` as a JSON body under the domain `tag`.
     pub fn sign<T: Serialize>(&self, tag: &str, value: &T) -> Signed {
         Signed::sign(tag, value, &self.key, &self.key_id)

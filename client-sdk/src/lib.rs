@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod alerts;
+pub mod audit;
 pub mod client;
 pub mod encoding;
 pub mod envelope;

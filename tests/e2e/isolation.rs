@@ -64,7 +64,7 @@ async fn raw_client_cannot_publish_into_another_tenant() {
             .await
             .unwrap();
     watcher
-        .subscribe("/tenants/polisen/#", QoS::AtLeastOnce)
+        .subscribe("/tenants/polisen/out/#", QoS::AtLeastOnce)
         .await
         .unwrap();
     assert!(matches!(

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real broker over real mutual TLS with real clients.
 //! One binary, one module per area (see `samverkan_e2e` for the harness).
 
+mod audit;
 mod fixtures;
 mod flows;
 mod forgery;

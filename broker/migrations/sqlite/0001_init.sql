@@ -46,12 +46,37 @@ CREATE TABLE audit_entries (
 CREATE INDEX audit_entries_alert ON audit_entries (alert_id);
 CREATE INDEX audit_entries_at ON audit_entries (at_ms);
 
+-- The Merkle tree over the entries' leaf hashes (RFC 6962), one row per
+-- stored hash in the tlog numbering (leaves and completed interior nodes),
+-- so proofs are read by index and appending never rereads the log.
+CREATE TABLE tree_hashes (
+    idx   BIGINT PRIMARY KEY,
+    hash  BLOB   NOT NULL
+);
+
+-- Signed tree heads: C2SP checkpoints signed by the broker's key.
+CREATE TABLE checkpoints (
+    size     BIGINT PRIMARY KEY,
+    root     BLOB   NOT NULL,
+    at_ms    BIGINT NOT NULL,
+    note     TEXT   NOT NULL
+);
+
+-- Keyed hashes of the persons and companies entries are about (never the
+-- identifiers themselves), for subject access requests.
+CREATE TABLE audit_subjects (
+    subject_hash  TEXT   NOT NULL,
+    idx           BIGINT NOT NULL,
+    PRIMARY KEY (subject_hash, idx)
+);
+
 -- Shares waiting for (or acknowledged by) their recipient.
 CREATE TABLE deliveries (
     share_id        TEXT    PRIMARY KEY,
     recipient       TEXT    NOT NULL,
     alert_id        TEXT    NOT NULL,
     publisher       TEXT    NOT NULL,
+    alert_type      TEXT    NOT NULL,
     topic           TEXT    NOT NULL,
     audit_idx       BIGINT  NOT NULL,
     -- The signed delivery message (personal data); NULL once purged.

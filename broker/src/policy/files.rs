@@ -87,3 +87,17 @@ pub(super) struct RawCondition {
     pub equals: Option<String>,
     pub one_of: Option<Vec<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetentionFile {
+    pub default: RawRetention,
+    #[serde(default)]
+    pub alert_type: BTreeMap<Spanned<String>, RawRetention>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub content_days: u32,
+}

@@ -9,6 +9,7 @@
 //! keys.toml            agencies' ed25519 signing keys (validity, revocation)
 //! legal-bases.toml     the legal bases rules may rest on
 //! limits.toml          publish limits per agency
+//! retention.toml       how long alert content (personal data) is kept
 //! alert-types/*.schema.json   one JSON Schema per alert type
 //! rules/*.toml         the sharing rules
 //! ```
@@ -27,19 +28,14 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use samverkan_sdk::encoding::Writer;
 use samverkan_sdk::identifiers::Organisationsnummer;
 use samverkan_sdk::keys::KeyRegistry;
 use samverkan_sdk::names;
 use samverkan_sdk::source::SourceError;
-use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 pub use decide::{Decision, DecisionInput, Denial, DenialReason, Share};
 pub use schema::{AlertType, SubjectKind};
-
-/// Domain tag of the policy version hash.
-const TAG_POLICY_VERSION: &str = "samverkan/v1/policy-version";
 
 /// Everything wrong with a policy set, each with file and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,15 +184,7 @@ pub struct Limit {
     pub burst: NonZeroU32,
 }
 
-/// A file of the policy set, kept verbatim so each version can be archived
-/// and a share explained years later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyFile {
-    /// Path relative to the policy directory, with `/` separators.
-    pub path: String,
-    /// The exact text.
-    pub text: String,
-}
+pub use samverkan_sdk::audit::evidence::PolicyFile;
 
 /// A validated, compiled policy set. Shared read-only; a reload builds a new one.
 #[derive(Debug)]
@@ -210,6 +198,8 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     default_limit: Limit,
     limits: BTreeMap<String, Limit>,
+    default_retention_days: u32,
+    retention_days: BTreeMap<String, u32>,
     files: Vec<PolicyFile>,
 }
 
@@ -273,6 +263,14 @@ impl PolicySet {
             .unwrap_or(self.default_limit)
     }
 
+    /// How many days the content of alerts of `alert_type` is kept.
+    pub fn retention_days(&self, alert_type: &str) -> u32 {
+        self.retention_days
+            .get(alert_type)
+            .copied()
+            .unwrap_or(self.default_retention_days)
+    }
+
     /// The verbatim files, in version-hash order.
     pub fn files(&self) -> &[PolicyFile] {
         &self.files
@@ -328,17 +326,9 @@ pub fn agency_ids(dir: &Path) -> Result<Vec<String>, PolicyError> {
     }
 }
 
-/// The version of a set of files: SHA-256 over each file's relative path and
-/// text, length-prefixed, in path order.
+/// The version of a set of files (see [`samverkan_sdk::audit::evidence::policy_version`]).
 pub fn version_of(files: &[PolicyFile]) -> String {
-    let mut sorted: Vec<&PolicyFile> = files.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut w = Writer::with_tag(TAG_POLICY_VERSION);
-    w.count(sorted.len());
-    for f in sorted {
-        w.str(&f.path).str(&f.text);
-    }
-    format!("sha256:{}", hex::encode(Sha256::digest(w.finish())))
+    samverkan_sdk::audit::evidence::policy_version(files)
 }
 
 struct Loader {
@@ -428,6 +418,7 @@ impl Loader {
         let (default_limit, limits) = self.load_limits(&agencies);
         let alert_types = self.load_alert_types();
         let rules = self.load_rules(&agencies, &legal_bases, &alert_types);
+        let (default_retention_days, retention_days) = self.load_retention(&alert_types);
         if !self.errors.is_empty() {
             return Err(PolicyError {
                 errors: self.errors,
@@ -443,8 +434,35 @@ impl Loader {
             rules,
             default_limit,
             limits,
+            default_retention_days,
+            retention_days,
             files: self.files,
         })
+    }
+
+    fn load_retention(
+        &mut self,
+        alert_types: &BTreeMap<String, AlertType>,
+    ) -> (u32, BTreeMap<String, u32>) {
+        let mut days = BTreeMap::new();
+        let Some((path, text, file)) = self.parse::<files::RetentionFile>("retention.toml") else {
+            return (0, days);
+        };
+        for (alert_type, raw) in file.alert_type {
+            if !alert_types.contains_key(alert_type.get_ref()) {
+                self.err(
+                    &path,
+                    &text,
+                    alert_type.span().start,
+                    format!(
+                        "`{}` is not an alert type of the policy",
+                        alert_type.get_ref()
+                    ),
+                );
+            }
+            days.insert(alert_type.into_inner(), raw.content_days);
+        }
+        (file.default.content_days, days)
     }
 
     fn load_agencies(&mut self) -> BTreeMap<String, Agency> {

@@ -3,6 +3,7 @@
 //! Argument parsing lives here and only here; the subcommands call into the
 //! library.
 
+mod audit_cmd;
 mod pki_cmd;
 mod policy_cmd;
 mod serve_cmd;
@@ -44,6 +45,13 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit log, for legal staff: verify, query, prove, subject lookup.
+    Audit {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Certificates and signing keys.
     Pki {
         #[command(subcommand)]
@@ -79,6 +87,106 @@ enum PolicyCommand {
         /// The policy directory.
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
+        /// Explain with an archived policy version instead (full `sha256:…` or its first 12 hex digits), read from the broker's store.
+        #[arg(long)]
+        version: Option<String>,
+        /// The database URL of the store holding the archive (with --version).
+        #[arg(long, requires = "version")]
+        store: Option<String>,
+        /// The broker's configuration file (for the store, with --version).
+        #[arg(long, requires = "version")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Where the audit log is (default: the development layout in the working directory).
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// The broker's configuration file (for the database URL and keys).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The database URL (overrides the configuration).
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// The broker's public keys (default: broker-keys.toml beside the broker's signing key).
+    #[arg(long, global = true)]
+    broker_keys: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the whole log and check it against every signed checkpoint; exit 1 at the first problem.
+    Verify {
+        /// Checkpoints kept by agencies (signed notes) that the log must be consistent with.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List entries, filtered.
+    Query {
+        /// Entries about this alert.
+        #[arg(long)]
+        alert: Option<String>,
+        /// Entries where this agency is publisher or recipient.
+        #[arg(long)]
+        agency: Option<String>,
+        /// Entries under this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Entries under this legal basis.
+        #[arg(long)]
+        legal_basis: Option<String>,
+        /// Entries about this alert type.
+        #[arg(long = "type")]
+        alert_type: Option<String>,
+        /// share, denial, rejection, ack, policy_loaded, key_revoked or retention_purge.
+        #[arg(long)]
+        kind: Option<String>,
+        /// From this date or time (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this date or time (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many entries.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = audit_cmd::Format::Table)]
+        format: audit_cmd::Format,
+    },
+    /// Write the evidence bundle for one entry (checkable offline with `check-proof`).
+    Prove {
+        /// The entry's index.
+        entry: u64,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an evidence bundle offline, with only the bundle and the broker's public keys.
+    CheckProof {
+        /// The bundle.
+        bundle: PathBuf,
+    },
+    /// Every share that concerned a person or company (registerutdrag).
+    Subject {
+        /// A personnummer, samordningsnummer or organisationsnummer.
+        identifier: String,
+        /// Also list denials.
+        #[arg(long)]
+        include_denials: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = audit_cmd::Format::Table)]
+        format: audit_cmd::Format,
+    },
+    /// Prove that the log at one signed checkpoint is a prefix of the log at a later one.
+    Consistency {
+        /// The older checkpoint's size.
+        old: u64,
+        /// The newer checkpoint's size (default: the newest).
+        new: Option<u64>,
     },
 }
 
@@ -105,8 +213,13 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            // rumqttd reports every ordinary disconnect as an error; its
+            // other warnings (such as a lagging subscriber) stay visible.
+            "info,rumqttd=warn,rumqttd::server::broker=off",
+        )
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -139,8 +252,16 @@ fn main() -> ExitCode {
                 topic,
                 alert,
                 dir,
+                version,
+                store,
+                config,
             } => policy_cmd::explain(
-                &dir,
+                &policy_cmd::PolicySource {
+                    dir,
+                    version,
+                    store,
+                    config,
+                },
                 &from,
                 &to,
                 &alert_type,
@@ -148,6 +269,58 @@ fn main() -> ExitCode {
                 alert.as_deref(),
             ),
         },
+        Command::Audit { source, command } => {
+            let source = audit_cmd::Source {
+                config: source.config,
+                store: source.store,
+                broker_keys: source.broker_keys,
+            };
+            match command {
+                AuditCommand::Verify { checkpoints, quiet } => {
+                    audit_cmd::verify(&source, &checkpoints, quiet)
+                }
+                AuditCommand::Query {
+                    alert,
+                    agency,
+                    rule,
+                    legal_basis,
+                    alert_type,
+                    kind,
+                    from,
+                    to,
+                    limit,
+                    format,
+                } => audit_cmd::query(
+                    &source,
+                    alert,
+                    agency,
+                    rule,
+                    legal_basis,
+                    alert_type,
+                    kind,
+                    from,
+                    to,
+                    limit,
+                    format,
+                ),
+                AuditCommand::Prove { entry, out } => {
+                    audit_cmd::prove(&source, entry, out.as_deref())
+                }
+                AuditCommand::CheckProof { bundle } => {
+                    let keys = source
+                        .broker_keys
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("certs-dev/broker-keys.toml"));
+                    audit_cmd::check_proof(&bundle, &keys)
+                }
+                AuditCommand::Subject {
+                    identifier,
+                    include_denials,
+                    format,
+                } => audit_cmd::subject(&source, &identifier, include_denials, format),
+                AuditCommand::Consistency { old, new } => audit_cmd::consistency(&source, old, new),
+            }
+        }
         Command::Pki { command } => match command {
             PkiCommand::Dev {
                 out,

@@ -80,15 +80,89 @@ fn print_rule(set: &PolicySet, rule: &Rule, recipient: &str) {
     }
 }
 
+/// Which policy to explain: a directory, or an archived version.
+pub struct PolicySource {
+    pub dir: std::path::PathBuf,
+    pub version: Option<String>,
+    pub store: Option<String>,
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Loads an archived policy version from the store into a temporary directory.
+fn archived(
+    source: &PolicySource,
+    version: &str,
+) -> Result<(tempfile::TempDir, Option<PolicySet>)> {
+    let mut config = match &source.config {
+        Some(path) => samverkan_broker::config::BrokerConfig::load(path).map_err(|errors| {
+            anyhow::anyhow!(
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?,
+        None => samverkan_broker::config::BrokerConfig::development(Path::new(".")),
+    };
+    if let Some(url) = &source.store {
+        config.store_url = url.clone();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let files = runtime.block_on(async {
+        let store = samverkan_broker::store::Store::open(&config.store_url).await?;
+        let versions = store.policy_versions().await?;
+        let wanted = version.trim_start_matches("sha256:");
+        let matching: Vec<&String> = versions
+            .iter()
+            .map(|(v, _)| v)
+            .filter(|v| v.trim_start_matches("sha256:").starts_with(wanted) && wanted.len() >= 12)
+            .collect();
+        let full = match matching.as_slice() {
+            [one] => (*one).clone(),
+            [] => anyhow::bail!(
+                "policy version {version} is not archived in the store (archived: {})",
+                versions
+                    .iter()
+                    .map(|(v, _)| &v[..19.min(v.len())])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => anyhow::bail!("policy version {version} is ambiguous; give more digits"),
+        };
+        let files = store.policy_files(&full).await?.unwrap_or_default();
+        Ok::<_, anyhow::Error>(files)
+    })?;
+    let dir = tempfile::tempdir()?;
+    for f in &files {
+        let path = dir.path().join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, &f.text)?;
+    }
+    let set = load(dir.path())?;
+    Ok((dir, set))
+}
+
 pub fn explain(
-    dir: &Path,
+    source: &PolicySource,
     from: &str,
     to: &str,
     alert_type: &str,
     topic: Option<&str>,
     alert: Option<&Path>,
 ) -> Result<ExitCode> {
-    let Some(set) = load(dir)? else {
+    let (_archive, set) = match &source.version {
+        Some(version) => {
+            let (dir, set) = archived(source, version)?;
+            (Some(dir), set)
+        }
+        None => (None, load(&source.dir)?),
+    };
+    let Some(set) = set else {
         return Ok(ExitCode::FAILURE);
     };
     for (what, id) in [("--from", from), ("--to", to)] {

@@ -1,5 +1,8 @@
 //! Audit entries: what legal staff rely on to prove each share.
 //!
+//! The entry model and its encoding live here, beside the envelope, so that
+//! anyone holding an entry can recompute its leaf hash without the broker.
+//!
 //! Every share, denial, rejected alert, acknowledgement, policy load, key
 //! revocation and retention purge is one entry in a single append-only
 //! sequence. Each entry has an exact byte encoding (domain tag, then every
@@ -9,7 +12,7 @@
 
 use std::fmt;
 
-use samverkan_sdk::encoding::Writer;
+use crate::encoding::Writer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -206,7 +209,7 @@ impl AuditEntry {
 
 /// Hex SHA-256 over the digests of the disclosed fields, in the order given
 /// (callers pass them sorted): binds an entry to exactly what was disclosed.
-pub fn disclosed_digest(digests: &[samverkan_sdk::Digest]) -> String {
+pub fn disclosed_digest(digests: &[crate::Digest]) -> String {
     let mut w = Writer::with_tag("samverkan/v1/disclosed-set");
     w.count(digests.len());
     for d in digests {

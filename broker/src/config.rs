@@ -9,8 +9,8 @@
 //! listen = "127.0.0.1:8883"
 //! handshake_timeout_ms = 10000
 //! connect_timeout_ms = 10000
-//! max_connections_per_agency = 64
-//! connection_attempts_per_minute = 120
+//! max_connections_per_agency = 256
+//! connection_attempts_per_minute = 600
 //!
 //! [tls]
 //! ca = "certs-dev/ca.pem"

@@ -274,7 +274,7 @@ impl Gateway {
         let acceptor =
             TlsAcceptor::from(self.tls.read().unwrap_or_else(|p| p.into_inner()).clone());
         let timeout = self.settings.handshake_timeout;
-        let mut client = tokio::time::timeout(timeout, acceptor.accept(stream))
+        let mut client = tokio::time::timeout(timeout, acceptor.accept(QuickAck::new(stream)))
             .await
             .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?
             .map_err(ConnectionError::Handshake)?;
@@ -308,8 +308,11 @@ impl Gateway {
         } else {
             self.embedded.v4
         };
-        let backend = TcpStream::connect(backend_addr)
+        // rumqttd handshakes inline in its accept loop: never wait on it forever.
+        let backend_timeout = self.settings.handshake_timeout;
+        let backend = tokio::time::timeout(backend_timeout, TcpStream::connect(backend_addr))
             .await
+            .map_err(|_| ConnectionError::Backend("connect timed out".into()))?
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         let connector = TlsConnector::from(
             self.embedded
@@ -317,10 +320,13 @@ impl Gateway {
                 .map_err(|e| ConnectionError::Backend(e.to_string()))?,
         );
         let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let mut backend = connector
-            .connect(server_name, QuickAck::new(backend))
-            .await
-            .map_err(|e| ConnectionError::Backend(e.to_string()))?;
+        let mut backend = tokio::time::timeout(
+            backend_timeout,
+            connector.connect(server_name, QuickAck::new(backend)),
+        )
+        .await
+        .map_err(|_| ConnectionError::Backend("TLS handshake timed out".into()))?
+        .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         backend
             .write_all(&connect)
             .await

@@ -315,6 +315,7 @@ impl DevPkiLayout {
             self.server_key(),
             self.broker_signing_key(),
             self.broker_keys(),
+            self.subject_key(),
         ]
         .iter()
         .chain(

@@ -6,7 +6,8 @@
 //! It takes whatever has arrived as one batch and, per alert:
 //!
 //! 1. checks size and logical topic, and applies the publisher's rate limit
-//!    (before any signature work, so a flood costs little);
+//!    (before any signature work: a flood costs a JSON parse, a receipt and
+//!    an audit row per alert, not a signature check);
 //! 2. parses and authenticates the envelope (publisher = tenant, key
 //!    registered and valid, signature, disclosures, clock skew);
 //! 3. validates the fields against the alert type's schema;
@@ -166,6 +167,38 @@ enum Outcome {
     },
 }
 
+/// Hands messages to rumqttd from a thread of its own: rumqttd's `LinkTx`
+/// blocks while rumqttd's router is busy, which must not stall the async
+/// runtime. Order is kept; a full queue makes the router wait (back-pressure).
+struct Outbox {
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+}
+
+impl Outbox {
+    fn spawn(mut link: rumqttd::local::LinkTx) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+        let spawned = std::thread::Builder::new()
+            .name("samverkan-outbox".into())
+            .spawn(move || {
+                while let Some((topic, payload)) = rx.blocking_recv() {
+                    if let Err(e) = link.publish(topic.clone(), payload) {
+                        error!(topic, error = %e, "could not hand a message to the embedded broker");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "could not start the outbox thread; nothing will be delivered");
+        }
+        Self { tx }
+    }
+
+    async fn send(&self, topic: String, payload: Vec<u8>) {
+        if self.tx.send((topic, payload)).await.is_err() {
+            error!("the outbox thread has stopped; a message was not delivered");
+        }
+    }
+}
+
 /// What a router works with.
 pub struct RouterParts {
     /// Its link into rumqttd.
@@ -186,7 +219,8 @@ pub struct RouterParts {
 
 /// The router task's state.
 pub struct Router {
-    link: RouterLink,
+    rx: LinkRx,
+    outbox: Outbox,
     policy: Arc<PolicyHandle>,
     store: Store,
     signer: Arc<BrokerSigner>,
@@ -255,7 +289,8 @@ impl Router {
         let quota = Quota::per_second(NonZeroU32::MIN)
             .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
         Self {
-            link,
+            rx: link.rx,
+            outbox: Outbox::spawn(link.tx),
             policy,
             store,
             signer,
@@ -366,7 +401,8 @@ impl Router {
         self.checkpointed = Some(size);
         let policy = self.policy.current();
         for agency in policy.agencies().keys() {
-            self.send(topics::checkpoint(agency), note.clone().into_bytes());
+            self.send(topics::checkpoint(agency), note.clone().into_bytes())
+                .await;
         }
         info!(size, root = %hex::encode(root), "audit checkpoint signed and published");
         Ok(size)
@@ -423,7 +459,7 @@ impl Router {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(command) = self.commands.recv() => self.handle(command).await,
-                batch = receive_batch(&mut self.link.rx, self.settings.batch_max) => {
+                batch = receive_batch(&mut self.rx, self.settings.batch_max) => {
                     let batch = batch?;
                     self.process(batch).await;
                 }
@@ -431,8 +467,8 @@ impl Router {
         }
         // Drain what rumqttd already handed over.
         let mut rest = Vec::new();
-        while let Ok(Some(n)) = self.link.rx.recv_deadline(Instant::now()) {
-            classify(&self.link.rx, n, &mut rest);
+        while let Ok(Some(n)) = self.rx.recv_deadline(Instant::now()) {
+            classify(&self.rx, n, &mut rest);
         }
         if !rest.is_empty() {
             self.process(rest).await;
@@ -445,20 +481,22 @@ impl Router {
     }
 
     /// Checks one alert; no database access.
+    /// `parsed` is the payload parsed as an envelope, unless it was too large to parse.
     fn evaluate(
         &self,
         policy: &PolicySet,
         tenant: &str,
         logical: &str,
         payload: &[u8],
+        parsed: Option<Result<Envelope, EnvelopeError>>,
         now: i64,
     ) -> Outcome {
         // A refusal names the alert when it can be read, so that the
         // publisher's SDK can match the receipt to what it sent.
         let refused = |mut r: Rejected| {
             if r.envelope_hash.is_none() {
-                match Envelope::from_json(payload) {
-                    Ok(envelope) => {
+                match parsed.as_ref().map(|p| p.as_ref()) {
+                    Some(Ok(envelope)) => {
                         let h = &envelope.header;
                         r.alert_id = Some(h.alert_id.clone())
                             .filter(|id| names::validate_alert_id(id).is_ok());
@@ -469,7 +507,7 @@ impl Router {
                         r.envelope_hash = Some(messages::envelope_hash(&envelope));
                         r.signature = Some(b64(&envelope.signature.0));
                     }
-                    Err(_) => r.alert_id = peek_alert_id(payload),
+                    _ => r.alert_id = peek_alert_id(payload),
                 }
             }
             Outcome::Rejected(Box::new(r))
@@ -497,9 +535,16 @@ impl Router {
             r.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
             return refused(r);
         }
-        let envelope = match Envelope::from_json(payload) {
-            Ok(e) => e,
-            Err(e) => return refused(reject(tenant, e.code(), e.to_string())),
+        let envelope = match parsed.clone() {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => return refused(reject(tenant, e.code(), e.to_string())),
+            None => {
+                return refused(reject(
+                    tenant,
+                    "malformed_envelope",
+                    "not parsed".to_string(),
+                ));
+            }
         };
         let h = &envelope.header;
         let base = |code: &str, message: String| Rejected {
@@ -609,8 +654,8 @@ impl Router {
             }
         }
 
-        // Evaluate alerts; collect acks and replays.
-        let mut outcomes: Vec<Outcome> = Vec::new();
+        // Parse alerts (no signature work yet); collect acks and replays.
+        let mut alerts = Vec::new();
         let mut acks = Vec::new();
         let mut replays = Vec::new();
         for inbound in batch {
@@ -619,10 +664,47 @@ impl Router {
                     tenant,
                     logical,
                     payload,
-                } => outcomes.push(self.evaluate(&policy, &tenant, &logical, &payload, now)),
+                } => {
+                    // Even an oversized alert is parsed (rumqttd bounds packets
+                    // at 16 MiB), so that its refusal can name it.
+                    let parsed = Some(Envelope::from_json(&payload));
+                    alerts.push((tenant, logical, payload, parsed));
+                }
                 Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
                 Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
             }
+        }
+
+        // An exact resend of an alert accepted earlier gets its receipt again
+        // before any other check: it was verified and decided then, and a
+        // later clock, limit, key or policy must not turn it into a refusal.
+        let resend_keys: Vec<(String, String)> = alerts
+            .iter()
+            .filter_map(|(tenant, _, _, parsed)| match parsed {
+                Some(Ok(e)) => Some((tenant.clone(), e.header.alert_id.clone())),
+                _ => None,
+            })
+            .collect();
+        let earlier = match self.store.known_alerts(&resend_keys).await {
+            Ok(k) => k,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(alerts.len());
+        for (tenant, logical, payload, parsed) in alerts {
+            if let Some(Ok(envelope)) = &parsed
+                && let Some(k) = earlier.get(&(tenant.clone(), envelope.header.alert_id.clone()))
+                && k.envelope_hash == messages::envelope_hash(envelope)
+            {
+                outcomes.push(Outcome::Resend {
+                    tenant,
+                    receipt: k.receipt.clone(),
+                });
+                continue;
+            }
+            outcomes.push(self.evaluate(&policy, &tenant, &logical, &payload, parsed, now));
         }
 
         // Resends: by (publisher, alert id), against the store and within the batch.
@@ -729,10 +811,10 @@ impl Router {
             self.recorded_policy = Some(policy.version().to_string());
         }
         for (topic, payload) in publish {
-            self.send(topic, payload);
+            self.send(topic, payload).await;
         }
         for (tenant, receipt) in receipts.into_iter().flatten() {
-            self.send(topics::receipts(&tenant), receipt);
+            self.send(topics::receipts(&tenant), receipt).await;
         }
         for (tenant, payload) in replays {
             self.replay(&tenant, &payload).await;
@@ -745,10 +827,8 @@ impl Router {
         }
     }
 
-    fn send(&mut self, topic: String, payload: Vec<u8>) {
-        if let Err(e) = self.link.tx.publish(topic.clone(), payload) {
-            error!(topic, error = %e, "could not hand a message to the embedded broker");
-        }
+    async fn send(&mut self, topic: String, payload: Vec<u8>) {
+        self.outbox.send(topic, payload).await;
     }
 
     async fn record_policy(
@@ -758,11 +838,13 @@ impl Router {
         next: &mut u64,
         commit: &mut Commit,
     ) -> Result<(), StoreError> {
-        let files = serde_json::to_string(policy.files()).unwrap_or_default();
-        let first = self
-            .store
-            .archive_policy(policy.version(), &files, now)
-            .await?;
+        let first = !self.store.policy_archived(policy.version()).await?;
+        // The text is archived in the same transaction as the entry.
+        commit.policy = Some(crate::store::PolicyArchive {
+            version: policy.version().to_string(),
+            files_json: serde_json::to_string(policy.files()).unwrap_or_default(),
+            at_ms: now,
+        });
         let mut entry = AuditEntry::new(EntryKind::PolicyLoaded, now);
         entry.index = self.take_index(next);
         entry.policy_version = Some(policy.version().to_string());
@@ -1026,6 +1108,24 @@ impl Router {
             );
             return Ok(());
         }
+        // Proof of receipt must be fresh and made with a key valid now, so a
+        // revoked key cannot produce backdated acknowledgements.
+        let fresh =
+            ack.signed_at_ms.abs_diff(now) <= self.settings.max_clock_skew_ms.unsigned_abs();
+        let key_valid_now = policy
+            .keys()
+            .keys_of(tenant)
+            .find(|k| k.key_id == signed.key_id)
+            .is_some_and(|k| k.check_at(now).is_ok());
+        if !fresh || !key_valid_now {
+            warn!(
+                agency = tenant,
+                fresh,
+                key_valid_now,
+                "acknowledgement refused: stale, or signed with a key not valid now"
+            );
+            return Ok(());
+        }
         let pending = self.store.unacked_among(tenant, &ack.share_ids).await?;
         let message = serde_json::to_vec(&signed).unwrap_or_default();
         for p in pending {
@@ -1075,7 +1175,7 @@ impl Router {
                 let count = pending.len();
                 for p in pending {
                     if let Some(payload) = p.payload {
-                        self.send(topics::inbox(tenant, &p.topic), payload);
+                        self.send(topics::inbox(tenant, &p.topic), payload).await;
                     }
                 }
                 info!(

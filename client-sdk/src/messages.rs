@@ -312,7 +312,14 @@ pub struct VerifiedDelivery {
 impl Delivery {
     /// Parses the JSON form.
     pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
-        serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        if !value.is_object() || !value.get("stamp").is_some_and(serde_json::Value::is_object) {
+            return Err(MessageError::Malformed(
+                "a delivery is a JSON object with an `envelope` and a `stamp` object".into(),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| MessageError::Malformed(e.to_string()))
     }
 
     /// The JSON form.

@@ -233,12 +233,15 @@ async fn exceeding_the_publish_limit_is_refused_and_others_are_unaffected() {
     let dir = prepare_dir();
     let limits = dir.path().join("policies/limits.toml");
     let mut text = std::fs::read_to_string(&limits).unwrap();
-    text.push_str("\n[agency.kronofogden]\npublish_per_second = 1\npublish_burst = 2\n");
+    text.push_str("\n[agency.kronofogden]\npublish_per_second = 2\npublish_burst = 2\n");
     std::fs::write(&limits, text).unwrap();
     let broker = TestBroker::start_in(dir, |_| {}).await;
-    let kfm = broker.agency("kronofogden").await;
     let skv = broker.agency("skatteverket").await;
 
+    // A client that will not wait: the refusals reach it, with when to retry.
+    let mut impatient = broker.agency_config("kronofogden");
+    impatient.publish_deadline = Duration::from_millis(200);
+    let kfm = Client::connect(impatient).await.unwrap();
     let mut limited = Vec::new();
     let mut accepted = 0;
     for _ in 0..6 {
@@ -257,14 +260,40 @@ async fn exceeding_the_publish_limit_is_refused_and_others_are_unaffected() {
         let rejection = r.rejection.as_ref().unwrap();
         assert_eq!(rejection.code, "rate_limited");
         assert!(rejection.retry_after_ms.unwrap_or(0) > 0);
-        assert!(r.audit_index.is_some());
+        let index = r.audit_index.unwrap();
+        let entry = &broker
+            .broker()
+            .store()
+            .audit_range(index, index + 1)
+            .await
+            .unwrap()[0];
+        assert_eq!(entry.reason_code.as_deref(), Some("rate_limited"));
     }
-    // Skatteverket is not limited by Kronofogden's flood.
+
+    // Skatteverket is not slowed by Kronofogden's flood.
     for _ in 0..6 {
+        let started = std::time::Instant::now();
         let r = skv
             .publish("welfare/company/ost", company_flag())
             .await
             .unwrap();
         assert_eq!(r.status, ReceiptStatus::Accepted);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
+
+    // A patient client (the default) waits as the broker says and gets through.
+    let kfm = broker.agency("kronofogden").await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let r = kfm
+            .publish("welfare/company/ost", company_flag())
+            .await
+            .unwrap();
+        assert_eq!(r.status, ReceiptStatus::Accepted);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -65,6 +65,8 @@ pub enum DenialReason {
     UnknownRecipient,
     /// The publisher named itself.
     SelfAddressed,
+    /// A rule allows the recipient, but the alert has none of the fields it permits.
+    NoPermittedFields,
 }
 
 impl DenialReason {
@@ -76,6 +78,7 @@ impl DenialReason {
             DenialReason::ConditionNotMet { .. } => "condition_not_met",
             DenialReason::UnknownRecipient => "unknown_recipient",
             DenialReason::SelfAddressed => "self_addressed",
+            DenialReason::NoPermittedFields => "no_permitted_fields",
         }
     }
 }
@@ -96,6 +99,9 @@ impl fmt::Display for DenialReason {
                 f.write_str("the recipient is not an agency of the policy")
             }
             DenialReason::SelfAddressed => f.write_str("an agency cannot share with itself"),
+            DenialReason::NoPermittedFields => {
+                f.write_str("the alert has none of the fields the rule permits")
+            }
         }
     }
 }
@@ -208,6 +214,12 @@ impl PolicySet {
                         .cloned()
                         .collect();
                     fields.sort();
+                    if fields.is_empty() {
+                        decision
+                            .denials
+                            .push(deny(Some(rule.id.clone()), DenialReason::NoPermittedFields));
+                        continue;
+                    }
                     decision.shares.push(Share {
                         recipient: candidate.to_string(),
                         rule_id: rule.id.clone(),

@@ -480,6 +480,14 @@ impl Loader {
             if let Err(e) = names::validate_agency_id(&id) {
                 self.err(&path, &text, raw.id.span().start, e.to_string());
             }
+            if id == samverkan_sdk::messages::BROKER_KEY_OWNER {
+                self.err(
+                    &path,
+                    &text,
+                    raw.id.span().start,
+                    "the agency id `broker` is reserved for the broker's own keys",
+                );
+            }
             if agencies.contains_key(&id) {
                 self.err(
                     &path,

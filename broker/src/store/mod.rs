@@ -142,6 +142,19 @@ pub struct Commit {
     pub subjects: Vec<(String, u64)>,
     /// Content to purge after its retention period.
     pub purges: Vec<Purge>,
+    /// A policy version to archive (if it is not yet).
+    pub policy: Option<PolicyArchive>,
+}
+
+/// The text of a policy version, archived with the entry that records its load.
+#[derive(Debug, Clone)]
+pub struct PolicyArchive {
+    /// The version.
+    pub version: String,
+    /// Its files, as JSON.
+    pub files_json: String,
+    /// When it was first loaded.
+    pub at_ms: i64,
 }
 
 /// Content of one alert type stored before a cutoff, to be purged.
@@ -201,6 +214,7 @@ impl Commit {
             && self.tree_hashes.is_empty()
             && self.subjects.is_empty()
             && self.purges.is_empty()
+            && self.policy.is_none()
     }
 }
 
@@ -507,6 +521,16 @@ impl Store {
                 q = q.bind(hash.clone()).bind(to_i64(*idx));
             }
             q.execute(&mut *tx).await?;
+        }
+        if let Some(p) = &c.policy {
+            sqlx::query(
+                "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(p.version.clone())
+            .bind(p.at_ms)
+            .bind(p.files_json.clone())
+            .execute(&mut *tx)
+            .await?;
         }
         for p in &c.purges {
             sqlx::query(
@@ -822,14 +846,15 @@ impl Store {
         Ok(out)
     }
 
-    /// The oldest `limit` unacknowledged deliveries of `recipient`, with payloads.
+    /// The oldest `limit` unacknowledged deliveries of `recipient` whose
+    /// content has not been purged (a purged share is no longer delivered).
     pub async fn pending_deliveries(
         &self,
         recipient: &str,
         limit: u32,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let rows = sqlx::query(
-            "SELECT share_id, alert_id, publisher, topic, payload FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL ORDER BY created_at_ms, audit_idx LIMIT $2",
+            "SELECT share_id, alert_id, publisher, topic, payload FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL ORDER BY created_at_ms, audit_idx LIMIT $2",
         )
         .bind(recipient.to_string())
         .bind(i64::from(limit))
@@ -848,22 +873,13 @@ impl Store {
             .collect()
     }
 
-    /// Records the text of a policy version if it is not archived yet.
-    pub async fn archive_policy(
-        &self,
-        version: &str,
-        files_json: &str,
-        at_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(version.to_string())
-        .bind(at_ms)
-        .bind(files_json.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    /// Whether the text of a policy version is archived.
+    pub async fn policy_archived(&self, version: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM policy_versions WHERE version = $1")
+            .bind(version.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Audit entries with index in `[from, to)`, in order.

@@ -330,9 +330,9 @@ impl Client {
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<Receipt, PublishError> {
         let prepared = prepare(&self.shared.agency, self.max_packet_size, &envelope)?;
         let alert_id = prepared.alert_id.as_str();
-        let (token, mut receipt) =
+        let (token, mut receipt_rx) =
             lock(&self.shared.receipts).register(alert_id, &prepared.envelope_hash);
-        let _registration = ReceiptRegistration {
+        let mut registration = ReceiptRegistration {
             shared: &self.shared,
             alert_id,
             token,
@@ -372,7 +372,7 @@ impl Client {
             let attempt_end = (Instant::now() + self.receipt_timeout).min(deadline);
             loop {
                 tokio::select! {
-                    outcome = &mut receipt => {
+                    outcome = &mut receipt_rx => {
                         let receipt = outcome.map_err(|_| PublishError::Closed)?;
                         return match receipt.status {
                             ReceiptStatus::Accepted => {
@@ -380,6 +380,29 @@ impl Client {
                                 Ok(receipt)
                             }
                             ReceiptStatus::Rejected => {
+                                // Over the publish limit: the broker says when to
+                                // try again; do so while the deadline allows.
+                                let retry = receipt
+                                    .rejection
+                                    .as_ref()
+                                    .filter(|r| r.code == "rate_limited")
+                                    .and_then(|r| r.retry_after_ms)
+                                    .map(|ms| Instant::now() + Duration::from_millis(ms.clamp(1, 60_000)))
+                                    .filter(|at| *at < deadline);
+                                if let Some(at) = retry {
+                                    info!(alert_id, "over the publish limit; trying again when the broker allows");
+                                    tokio::time::sleep_until(at).await;
+                                    drop(registration);
+                                    let (token, fresh) = lock(&self.shared.receipts)
+                                        .register(alert_id, &prepared.envelope_hash);
+                                    registration = ReceiptRegistration {
+                                        shared: &self.shared,
+                                        alert_id,
+                                        token,
+                                    };
+                                    receipt_rx = fresh;
+                                    break;
+                                }
                                 info!(
                                     alert_id,
                                     code = receipt.rejection.as_ref().map(|r| r.code.as_str()).unwrap_or("-"),

@@ -504,7 +504,7 @@ impl Router {
                             .filter(|t| names::validate_logical_topic(t).is_ok());
                         r.alert_type = Some(h.alert_type.clone())
                             .filter(|t| names::validate_alert_type(t).is_ok());
-                        r.envelope_hash = Some(messages::envelope_hash(&envelope));
+                        r.envelope_hash = Some(messages::envelope_hash(envelope));
                         r.signature = Some(b64(&envelope.signature.0));
                     }
                     _ => r.alert_id = peek_alert_id(payload),

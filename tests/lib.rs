@@ -173,6 +173,8 @@ impl TestBroker {
         let mut config = BrokerConfig::development(dir.path());
         config.store_url = database.url.clone();
         config.gateway.handshake_timeout = Duration::from_secs(2);
+        config.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.crl_check_interval = Duration::from_millis(200);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let broker = Broker::start(config.clone(), listener).await.unwrap();

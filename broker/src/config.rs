@@ -16,7 +16,11 @@
 //! ca = "certs-dev/ca.pem"
 //! cert = "certs-dev/broker.pem"
 //! key = "certs-dev/broker.key"
-//! # crl = "crl.pem"
+//! # crl = "crl.pem"                    # reloaded when it changes
+//! # crl_check_interval_ms = 5000
+//!
+//! [admin]
+//! listen = "127.0.0.1:9883"             # GET /health, GET /metrics, POST /admin/reload; "off" to disable
 //!
 //! [signing]
 //! key = "certs-dev/broker-signing.key"
@@ -65,6 +69,13 @@ struct RawConfig {
     store: RawStore,
     router: RawRouter,
     audit: RawAudit,
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +120,7 @@ struct RawTls {
     cert: Option<String>,
     key: Option<String>,
     crl: Option<String>,
+    crl_check_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +177,10 @@ pub struct BrokerConfig {
     pub mqtt: MqttSettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// The health, metrics and admin HTTP listener (`None`: off).
+    pub admin_listen: Option<SocketAddr>,
+    /// How often the CRL file is checked for changes.
+    pub crl_check_interval: Duration,
 }
 
 /// The development PKI directory, relative to the working directory.
@@ -351,13 +367,41 @@ impl BrokerConfig {
             }
             Some(s) => *s.get_ref(),
         };
+        let admin_listen = match &raw.admin.listen {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
+            Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
+            Some(s) => Some(s.get_ref().parse().unwrap_or_else(|_| {
+                err(
+                    s.span().start,
+                    format!(
+                        "listen: `{}` is not an address like 127.0.0.1:9883 (or \"off\")",
+                        s.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9883))
+            })),
+        };
+        let crl_check_interval = millis(
+            &raw.tls.crl_check_interval_ms,
+            5_000,
+            "crl_check_interval_ms",
+            &mut err,
+        );
+        let default_ca = raw.tls.ca.is_none();
         let config = BrokerConfig {
             listen,
             tls: TlsFiles {
                 ca: path(raw.tls.ca, "certs-dev/ca.pem"),
                 cert: path(raw.tls.cert, "certs-dev/broker.pem"),
                 key: path(raw.tls.key, "certs-dev/broker.key"),
-                crl: raw.tls.crl.map(|c| base.join(c)),
+                // The development PKI has a CRL; use it when no CA is configured otherwise.
+                crl: match (raw.tls.crl, default_ca) {
+                    (Some(c), _) => Some(base.join(c)),
+                    (None, true) if base.join("certs-dev/crl.pem").exists() => {
+                        Some(base.join("certs-dev/crl.pem"))
+                    }
+                    (None, _) => None,
+                },
             },
             signing_key: path(raw.signing.key, "certs-dev/broker-signing.key"),
             signing_key_id: key_id,
@@ -379,6 +423,8 @@ impl BrokerConfig {
                 checkpoint_every_entries,
                 retention_interval,
             },
+            admin_listen,
+            crl_check_interval,
         };
         if errors.is_empty() {
             Ok(config)

@@ -7,7 +7,9 @@
 //!
 //! Modules, one concept each:
 //!
-//! * [`server`] — starts and stops everything below;
+//! * [`server`] — starts and stops everything below; health and reload;
+//! * [`admin`] — the operator's HTTP endpoints;
+//! * [`metrics`] — Prometheus metrics;
 //! * [`config`] — the configuration file;
 //! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
 //! * [`identity`] — the agency named by a client certificate;
@@ -22,11 +24,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod gateway;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod mqtt;
 pub mod pki;
 pub mod policy;

@@ -19,6 +19,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject;
 use samverkan_sdk::keys::{self, AgencyKey, KeyRegistry};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -160,6 +161,33 @@ impl Ca {
         Issuer::from_params(&self.params, &self.key)
     }
 
+    /// A certificate revocation list signed by this CA, revoking `revoked`
+    /// (serial numbers, big-endian, with the time of revocation).
+    pub fn crl(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+    ) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer())?.pem()?)
+    }
+
     /// Issues a TLS client certificate whose subject has the given O= values
     /// (normally exactly one: the agency id; at most two, the second only to
     /// test that such certificates are refused) and common name.
@@ -275,6 +303,14 @@ impl DevPkiLayout {
     pub fn subject_key(&self) -> PathBuf {
         self.dir.join("subject-hash.key")
     }
+    /// The certificate revocation list the broker checks.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    /// The revoked serial numbers (hex, one per line, with the revocation time).
+    pub fn revoked_list(&self) -> PathBuf {
+        self.dir.join("revoked.txt")
+    }
     /// Registry of the broker's public signing keys, for SDK clients.
     pub fn broker_keys(&self) -> PathBuf {
         self.dir.join("broker-keys.toml")
@@ -345,6 +381,7 @@ development machine.
 | `broker-signing.key` | the broker's ed25519 signing key (receipts, share stamps, checkpoints) |
 | `broker-keys.toml` | the broker's public signing keys, for SDK clients and for verifying audit checkpoints |
 | `subject-hash.key` | the secret key of the keyed hashes of persons and companies in the audit log |
+| `crl.pem`, `revoked.txt` | the certificate revocation list and its source (`samverkan pki revoke`) |
 | `<agency>/client.pem`, `<agency>/client.key` | the agency's TLS client certificate (O = agency id) |
 | `<agency>/signing.key`, `<agency>/signing.pub` | the agency's ed25519 signing key; the public half is also in `policies/keys.toml` |
 
@@ -375,6 +412,12 @@ pub fn generate_dev(out: &Path, policy_dir: &Path) -> Result<DevPkiReport, PkiEr
     let ca = Ca::generate(DEV_CA_NAME, DAYS)?;
     write(&layout.ca_cert(), ca.cert_pem(), false)?;
     write(&layout.ca_key(), &ca.key_pem(), true)?;
+    write(&layout.crl(), &ca.crl(&[], 1)?, false)?;
+    write(
+        &layout.revoked_list(),
+        "# Revoked certificate serials (hex) and revocation times; see `samverkan pki revoke`.\n",
+        false,
+    )?;
     write(&out.join("README.md"), README, false)?;
 
     let server = ca.issue_server(
@@ -463,4 +506,46 @@ pub fn generate_dev(out: &Path, policy_dir: &Path) -> Result<DevPkiReport, PkiEr
         agencies,
         keys_file,
     })
+}
+
+/// Revokes a certificate of the development PKI: adds its serial to
+/// `revoked.txt` and rewrites `crl.pem`, which a running broker picks up
+/// within its CRL check interval. Returns the revoked serial (hex).
+pub fn revoke_dev(dir: &Path, certificate: &Path) -> Result<String, PkiError> {
+    let layout = DevPkiLayout::new(dir);
+    let ca = Ca::load(&layout.ca_cert(), &layout.ca_key(), DEV_CA_NAME)?;
+    let pem = read(certificate)?;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            PkiError::Policy(format!(
+                "{} holds no PEM certificate",
+                certificate.display()
+            ))
+        })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError::Policy(format!("{}: {e}", certificate.display())))?;
+    let serial = hex::encode(cert.raw_serial());
+    let list_path = layout.revoked_list();
+    let mut list = std::fs::read_to_string(&list_path).unwrap_or_default();
+    let mut revoked: Vec<(Vec<u8>, OffsetDateTime)> = Vec::new();
+    for line in list.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut parts = line.split_whitespace();
+        if let (Some(s), Some(t)) = (parts.next(), parts.next())
+            && let (Ok(bytes), Ok(at)) = (hex::decode(s), t.parse::<i64>())
+            && let Ok(at) = OffsetDateTime::from_unix_timestamp(at)
+        {
+            revoked.push((bytes, at));
+        }
+    }
+    if !revoked.iter().any(|(s, _)| hex::encode(s) == serial) {
+        let now = OffsetDateTime::now_utc();
+        list.push_str(&format!("{serial} {}\n", now.unix_timestamp()));
+        revoked.push((cert.raw_serial().to_vec(), now));
+        write(&list_path, &list, false)?;
+    }
+    let number = revoked.len() as u64 + 1;
+    write(&layout.crl(), &ca.crl(&revoked, number)?, false)?;
+    Ok(serial)
 }

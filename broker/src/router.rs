@@ -111,6 +111,13 @@ pub enum RouterCommand {
         /// Answered with how many alerts and deliveries were purged.
         done: Option<oneshot::Sender<Result<(u64, u64), String>>>,
     },
+    /// A new policy is in force: record it, and the keys it revokes.
+    PolicyChanged {
+        /// The policy that was in force before.
+        previous: Arc<PolicySet>,
+        /// Answered once recorded.
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
 }
 
 /// A message taken from rumqttd.
@@ -215,6 +222,8 @@ pub struct RouterParts {
     pub subjects: SubjectHasher,
     /// Checkpoint and purge requests.
     pub commands: mpsc::Receiver<RouterCommand>,
+    /// Where the router counts what it does.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The router task's state.
@@ -237,6 +246,7 @@ pub struct Router {
     subjects: SubjectHasher,
     frontier: Frontier,
     checkpointed: Option<u64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn reject(tenant: &str, code: &str, message: impl Into<String>) -> Rejected {
@@ -283,6 +293,7 @@ impl Router {
             clock,
             subjects,
             commands,
+            metrics,
         } = parts;
         let current = policy.current();
         let limits = PublishLimits::from_policy(&current);
@@ -307,6 +318,7 @@ impl Router {
             subjects,
             frontier: Frontier::empty(),
             checkpointed: None,
+            metrics,
         }
     }
 
@@ -343,12 +355,28 @@ impl Router {
                 .tree_hashes
                 .extend(frontier.append(entry.leaf_hash()));
         }
+        let started = Instant::now();
         if let Err(e) = self.store.commit(&commit).await {
             self.resync = true;
+            self.metrics.failed_commits.inc();
             return Err(e);
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        for entry in &commit.audit {
+            match entry.kind {
+                EntryKind::Share => self.metrics.shares.inc(),
+                EntryKind::Denial => self.metrics.denials.inc(),
+                EntryKind::Ack => self.metrics.acks.inc(),
+                _ => 0,
+            };
         }
         self.next_index = next;
         self.frontier = frontier;
+        self.metrics
+            .audit_entries
+            .set(i64::try_from(next).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -358,6 +386,18 @@ impl Router {
                 let result = self.checkpoint().await;
                 if let Err(e) = &result {
                     error!(error = %e, "could not sign a checkpoint");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            RouterCommand::PolicyChanged { previous, done } => {
+                let result = self
+                    .record_policy_change(&previous)
+                    .await
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    error!(error = %e, "the policy change could not be recorded yet (it will be with the next batch)");
                 }
                 if let Some(done) = done {
                     let _ = done.send(result);
@@ -373,6 +413,58 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Records a newly loaded policy version and every key it newly revokes.
+    async fn record_policy_change(&mut self, previous: &PolicySet) -> Result<(), StoreError> {
+        self.sync().await?;
+        let policy = self.policy.current();
+        let now = self.clock.now_ms();
+        let mut next = self.next_index;
+        let mut commit = Commit::default();
+        let record_load = self.recorded_policy.as_deref() != Some(policy.version());
+        if record_load {
+            self.record_policy(&policy, now, &mut next, &mut commit)
+                .await?;
+        }
+        for key in policy.keys().iter() {
+            let Some(revoked_at) = key.revoked_at_ms else {
+                continue;
+            };
+            let before = previous
+                .keys()
+                .iter()
+                .find(|k| k.owner == key.owner && k.key_id == key.key_id)
+                .and_then(|k| k.revoked_at_ms);
+            if before == Some(revoked_at) {
+                continue;
+            }
+            let mut entry = AuditEntry::new(EntryKind::KeyRevoked, now);
+            entry.index = self.take_index(&mut next);
+            entry.publisher = Some(key.owner.clone());
+            entry.policy_version = Some(policy.version().to_string());
+            entry.reason_code = Some("key_revoked".into());
+            entry.reason = Some(format!(
+                "signing key `{}` of `{}` is revoked from {}{}",
+                key.key_id,
+                key.owner,
+                samverkan_sdk::time::format_ms(revoked_at),
+                key.revocation_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ));
+            warn!(agency = %key.owner, key = %key.key_id, "signing key revoked by the new policy");
+            commit.audit.push(entry);
+        }
+        if !commit.is_empty() {
+            self.finish(commit, next).await?;
+            if record_load {
+                self.recorded_policy = Some(policy.version().to_string());
+            }
+        }
+        self.refresh_limits(&policy);
+        Ok(())
     }
 
     /// Signs, stores and publishes a checkpoint of the log as it is now,
@@ -813,6 +905,20 @@ impl Router {
         for (topic, payload) in publish {
             self.send(topic, payload).await;
         }
+        for outcome in &outcomes {
+            match outcome {
+                Outcome::Accepted(_) => self.metrics.accepted.inc(),
+                Outcome::Rejected(r) => self
+                    .metrics
+                    .rejected
+                    .get_or_create(&crate::metrics::CodeLabel {
+                        code: r.code.clone(),
+                    })
+                    .inc(),
+                Outcome::Resend { .. } | Outcome::SameAs { .. } => self.metrics.resent.inc(),
+            };
+        }
+        self.metrics.batch_size.observe(outcomes.len() as f64);
         for (tenant, receipt) in receipts.into_iter().flatten() {
             self.send(topics::receipts(&tenant), receipt).await;
         }

@@ -1,25 +1,32 @@
-//! Starting and stopping the whole broker: store, policy, embedded rumqttd,
-//! router and gateway.
+//! Starting, running and stopping the whole broker: store, policy, embedded
+//! rumqttd, router, gateway, and the operator's control plane (health,
+//! metrics, reload).
 //!
 //! The library takes an already-bound listener (tests bind `127.0.0.1:0`)
-//! and returns a handle; `samverkan serve` binds the configured address and
-//! waits for SIGTERM or Ctrl-C.
+//! and returns a handle; `samverkan serve` binds the configured address,
+//! reloads on SIGHUP and stops on SIGTERM or Ctrl-C.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use rustls_pki_types::CertificateRevocationListDer;
+use rustls_pki_types::pem::PemObject;
 use samverkan_sdk::keys::{self, KeyFileError};
 use samverkan_sdk::time::{Clock, SystemClock};
+use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::audit::subject::{SubjectError, SubjectHasher};
 use crate::config::BrokerConfig;
-use crate::gateway::{Gateway, GatewayError, server_config};
+use crate::gateway::{Gateway, GatewayError, TlsFiles, server_config};
 use crate::limits::ConnectionLimits;
+use crate::metrics::{AgencyLabel, Metrics};
 use crate::mqtt::{Embedded, MqttError};
 use crate::policy::{PolicyError, PolicyHandle, PolicySet};
 use crate::router::{ROUTER_FILTERS, Router, RouterCommand, RouterError, RouterParts};
@@ -53,21 +60,219 @@ pub enum StartError {
     /// The subject hash key could not be read.
     #[error(transparent)]
     SubjectKey(#[from] SubjectError),
-    /// The listener's address could not be read.
+    /// A listener could not be bound or read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+}
+
+/// Whether the database answers (watched by the health endpoint).
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseHealth {
+    /// The last ping failed.
+    pub down: bool,
+    /// Why, if it failed.
+    pub error: Option<String>,
+}
+
+/// What `GET /health` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// Everything works; `false` while the broker fails closed.
+    pub ok: bool,
+    /// `up` or `down`.
+    pub database: &'static str,
+    /// The database error while it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_error: Option<String>,
+    /// The policy version in force.
+    pub policy_version: String,
+    /// Entries in the audit log.
+    pub audit_entries: i64,
+    /// Open connections per agency.
+    pub connections: BTreeMap<String, usize>,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+}
+
+/// The outcome of one part of a reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadPart {
+    /// Whether it succeeded (on failure the old state stays in force).
+    pub ok: bool,
+    /// What happened, or every error.
+    pub message: String,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// The policy set.
+    pub policy: ReloadPart,
+    /// The TLS configuration and CRL.
+    pub tls: ReloadPart,
+}
+
+impl ReloadReport {
+    /// Whether every part succeeded.
+    pub fn ok(&self) -> bool {
+        self.policy.ok && self.tls.ok
+    }
+}
+
+/// The running broker's controls, shared by the admin endpoint, signal
+/// handlers and the CRL watcher.
+pub struct Control {
+    config: BrokerConfig,
+    policy: Arc<PolicyHandle>,
+    gateway: Arc<Gateway>,
+    commands: mpsc::Sender<RouterCommand>,
+    metrics: Arc<Metrics>,
+    health: watch::Receiver<DatabaseHealth>,
+    started: Instant,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    /// The health report.
+    pub async fn health(&self) -> HealthReport {
+        let db = self.health.borrow().clone();
+        HealthReport {
+            ok: !db.down,
+            database: if db.down { "down" } else { "up" },
+            database_error: db.error,
+            policy_version: self.policy.current().version().to_string(),
+            audit_entries: self.metrics.audit_entries.get(),
+            connections: self.gateway.open_connections().into_iter().collect(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// The Prometheus text of every metric.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.connections.clear();
+        for (agency, n) in self.gateway.open_connections() {
+            self.metrics
+                .connections
+                .get_or_create(&AgencyLabel { agency })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics.encode()
+    }
+
+    /// Re-reads the policy set and the TLS files. A part that fails leaves
+    /// the old state in force and reports every error.
+    pub async fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let policy = match self.reload_policy().await {
+            Ok(message) => ReloadPart { ok: true, message },
+            Err(message) => {
+                error!(errors = %message, "policy reload refused; the previous policy stays in force");
+                ReloadPart { ok: false, message }
+            }
+        };
+        let tls = match self.reload_tls() {
+            Ok(message) => ReloadPart { ok: true, message },
+            Err(message) => {
+                error!(error = %message, "TLS reload refused; the previous configuration stays in force");
+                ReloadPart { ok: false, message }
+            }
+        };
+        ReloadReport { policy, tls }
+    }
+
+    async fn reload_policy(&self) -> Result<String, String> {
+        let dir = self.config.policy_dir.clone();
+        let set = tokio::task::spawn_blocking(move || PolicySet::load(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let current = self.policy.current();
+        if set.version() == current.version() {
+            return Ok(format!("policy {} unchanged", set.short_version()));
+        }
+        let version = set.version().to_string();
+        let short = set.short_version().to_string();
+        let previous = self.policy.replace(set);
+        let now_in_force = self.policy.current();
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(RouterCommand::PolicyChanged {
+                previous,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| "the router has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the router has stopped".to_string())?
+            .map_err(|e| {
+                format!("the new policy is in force but could not be recorded yet: {e}")
+            })?;
+        // Connections of agencies that left the policy end now.
+        let closed = self
+            .gateway
+            .close_where(|id| now_in_force.agency(&id.agency).is_none());
+        info!(version, closed, "policy reloaded");
+        Ok(format!(
+            "policy {short} in force{}",
+            if closed > 0 {
+                format!("; {closed} connection(s) of agencies no longer in the policy closed")
+            } else {
+                String::new()
+            }
+        ))
+    }
+
+    /// Rebuilds the TLS configuration (CA, certificate, CRL) and closes live
+    /// connections whose certificate the CRL now revokes.
+    pub fn reload_tls(&self) -> Result<String, String> {
+        let tls = server_config(&self.config.tls).map_err(|e| e.to_string())?;
+        let revoked = crl_serials(&self.config.tls).map_err(|e| e.to_string())?;
+        self.gateway.set_tls(tls);
+        let closed = self.gateway.close_where(|id| revoked.contains(&id.serial));
+        if closed > 0 {
+            warn!(
+                closed,
+                "closed live connections whose certificate is revoked"
+            );
+        }
+        Ok(format!(
+            "TLS configuration reloaded ({} revoked certificate(s) in the CRL; {closed} live connection(s) closed)",
+            revoked.len()
+        ))
+    }
+}
+
+/// The serial numbers the configured CRL revokes.
+pub fn crl_serials(tls: &TlsFiles) -> Result<HashSet<Vec<u8>>, GatewayError> {
+    let mut serials = HashSet::new();
+    let Some(path) = &tls.crl else {
+        return Ok(serials);
+    };
+    let bad = |reason: String| GatewayError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    for der in CertificateRevocationListDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| bad(format!("not a PEM CRL: {e}")))?;
+        let (_, crl) =
+            x509_parser::parse_x509_crl(&der).map_err(|e| bad(format!("not a CRL: {e}")))?;
+        for revoked in crl.iter_revoked_certificates() {
+            serials.insert(revoked.raw_serial().to_vec());
+        }
+    }
+    Ok(serials)
 }
 
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     router: JoinHandle<Result<(), RouterError>>,
-    gateway_task: JoinHandle<()>,
-    timers: JoinHandle<()>,
-    commands: mpsc::Sender<RouterCommand>,
-    gateway: Arc<Gateway>,
-    policy: Arc<PolicyHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    control: Arc<Control>,
     store: Store,
     _embedded: Arc<Embedded>,
 }
@@ -84,6 +289,7 @@ impl Broker {
         listener: TcpListener,
         clock: Arc<dyn Clock>,
     ) -> Result<Broker, StartError> {
+        let started = Instant::now();
         let policy = PolicySet::load(&config.policy_dir).map_err(|error| StartError::Policy {
             dir: config.policy_dir.display().to_string(),
             error,
@@ -108,11 +314,13 @@ impl Broker {
             "broker signing key loaded"
         );
         let tls = server_config(&config.tls)?;
+        let revoked = crl_serials(&config.tls)?;
+        let subjects = SubjectHasher::load(&config.audit.subject_key)?;
         let (embedded, link) = Embedded::start(&config.mqtt, &ROUTER_FILTERS).await?;
         let embedded = Arc::new(embedded);
         info!(v4 = %embedded.v4, v5 = %embedded.v5, "embedded MQTT broker listening on loopback");
 
-        let subjects = SubjectHasher::load(&config.audit.subject_key)?;
+        let metrics = Arc::new(Metrics::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
         let router = Router::new(
@@ -124,17 +332,12 @@ impl Broker {
                 clock,
                 subjects,
                 commands: commands_rx,
+                metrics: metrics.clone(),
             },
             config.router.clone(),
             config.audit.clone(),
         );
         let router = tokio::spawn(router.run(shutdown_rx.clone()));
-        let timers = tokio::spawn(timers(
-            commands.clone(),
-            config.audit.checkpoint_interval,
-            config.audit.retention_interval,
-            shutdown_rx.clone(),
-        ));
 
         let gateway = Arc::new(Gateway::new(
             tls,
@@ -146,18 +349,63 @@ impl Broker {
             ),
             config.gateway.clone(),
         ));
+        if !revoked.is_empty() {
+            info!(
+                revoked = revoked.len(),
+                "certificate revocation list loaded"
+            );
+        }
+        let (health_tx, health_rx) = watch::channel(DatabaseHealth::default());
+        let control = Arc::new(Control {
+            config: config.clone(),
+            policy: policy.clone(),
+            gateway: gateway.clone(),
+            commands: commands.clone(),
+            metrics: metrics.clone(),
+            health: health_rx,
+            started,
+            reloading: tokio::sync::Mutex::new(()),
+        });
+
+        let mut tasks = vec![
+            tokio::spawn(timers(
+                commands.clone(),
+                config.audit.checkpoint_interval,
+                config.audit.retention_interval,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(watch_database(
+                store.clone(),
+                health_tx,
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(watch_crl(control.clone(), shutdown_rx.clone())),
+        ];
+        let admin_addr = match config.admin_listen {
+            Some(addr) => {
+                let admin = TcpListener::bind(addr).await?;
+                let bound = admin.local_addr()?;
+                tasks.push(tokio::spawn(crate::admin::serve(
+                    admin,
+                    control.clone(),
+                    shutdown_rx.clone(),
+                )));
+                info!(listen = %bound, "health, metrics and admin endpoints");
+                Some(bound)
+            }
+            None => None,
+        };
         let local_addr = listener.local_addr()?;
-        let gateway_task = tokio::spawn(gateway.clone().serve(listener, shutdown_rx));
+        tasks.push(tokio::spawn(gateway.clone().serve(listener, shutdown_rx)));
         info!(listen = %local_addr, "accepting MQTT over mutual TLS (3.1.1 and 5)");
         Ok(Broker {
             local_addr,
+            admin_addr,
             shutdown,
             router,
-            gateway_task,
-            timers,
-            commands,
-            gateway,
-            policy,
+            tasks,
+            control,
             store,
             _embedded: embedded,
         })
@@ -168,6 +416,11 @@ impl Broker {
         self.local_addr
     }
 
+    /// The address of the health, metrics and admin endpoints, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The store (for tests and tools).
     pub fn store(&self) -> &Store {
         &self.store
@@ -175,18 +428,29 @@ impl Broker {
 
     /// The policy in force.
     pub fn policy(&self) -> &Arc<PolicyHandle> {
-        &self.policy
+        &self.control.policy
     }
 
     /// The gateway.
     pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
+        &self.control.gateway
+    }
+
+    /// The controls (health, reload).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Re-reads the policy set and TLS files (SIGHUP, `POST /admin/reload`).
+    pub async fn reload(&self) -> ReloadReport {
+        self.control.reload().await
     }
 
     /// Signs and publishes a checkpoint now; returns its size.
     pub async fn checkpoint_now(&self) -> Result<u64, String> {
         let (done, answer) = oneshot::channel();
-        self.commands
+        self.control
+            .commands
             .send(RouterCommand::Checkpoint { done: Some(done) })
             .await
             .map_err(|_| "the router has stopped".to_string())?;
@@ -199,7 +463,8 @@ impl Broker {
     /// and deliveries were purged.
     pub async fn purge_now(&self) -> Result<(u64, u64), String> {
         let (done, answer) = oneshot::channel();
-        self.commands
+        self.control
+            .commands
             .send(RouterCommand::Purge { done: Some(done) })
             .await
             .map_err(|_| "the router has stopped".to_string())?;
@@ -217,8 +482,9 @@ impl Broker {
             Ok(Err(e)) => error!(error = %e, "router stopped with an error"),
             Err(e) => error!(error = %e, "router task failed"),
         }
-        let _ = self.gateway_task.await;
-        let _ = self.timers.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         self.store.close().await;
         info!("broker stopped");
     }
@@ -235,8 +501,8 @@ impl Broker {
 /// Asks the router for checkpoints and retention purges at their intervals.
 async fn timers(
     commands: mpsc::Sender<RouterCommand>,
-    checkpoint_every: std::time::Duration,
-    purge_every: std::time::Duration,
+    checkpoint_every: Duration,
+    purge_every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut checkpoint = tokio::time::interval(checkpoint_every);
@@ -251,6 +517,78 @@ async fn timers(
         };
         if commands.send(command).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Pings the database every second and reports every change of state: the
+/// broker fails closed while it is down (nothing is answered that could not
+/// be recorded) and resumes by itself when it is back.
+async fn watch_database(
+    store: Store,
+    health: watch::Sender<DatabaseHealth>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let result = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_string()),
+        };
+        let was_down = health.borrow().down;
+        match result {
+            Ok(()) => {
+                if was_down {
+                    info!("database is back: accepting alerts again");
+                }
+                metrics.database_up.set(1);
+                health.send_replace(DatabaseHealth::default());
+            }
+            Err(e) => {
+                if !was_down {
+                    error!(error = %e, "database unavailable: failing closed (alerts get no receipt until it is back; publishers resend)");
+                }
+                metrics.database_up.set(0);
+                health.send_replace(DatabaseHealth {
+                    down: true,
+                    error: Some(e),
+                });
+            }
+        }
+    }
+}
+
+/// Reloads the TLS configuration when the CRL file changes.
+async fn watch_crl(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+    let Some(path) = control.config.tls.crl.clone() else {
+        return;
+    };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = modified(&path);
+    let mut tick = tokio::time::interval(control.config.crl_check_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = modified(&path);
+        if now != last {
+            last = now;
+            match control.reload_tls() {
+                Ok(message) => {
+                    info!(crl = %path.display(), message, "certificate revocation list reloaded")
+                }
+                Err(e) => {
+                    error!(crl = %path.display(), error = %e, "CRL changed but could not be loaded; the previous one stays in force")
+                }
+            }
         }
     }
 }

@@ -52,7 +52,14 @@ async fn mosquitto_clients_receive_deliveries_in_both_protocol_versions() {
     let fk = broker.agency("forsakringskassan").await;
     for version in ["mqttv311", "mqttv5"] {
         let mut sub = mosquitto("mosquitto_sub", &broker, "linkoping", version)
-            .args(["-t", "/tenants/linkoping/in/#", "-C", "1", "-W", "20"])
+            .args([
+                "-t",
+                "/tenants/linkoping/in/welfare/#",
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

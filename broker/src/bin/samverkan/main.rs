@@ -3,6 +3,7 @@
 //! Argument parsing lives here and only here; the subcommands call into the
 //! library.
 
+mod admin_cmd;
 mod audit_cmd;
 mod pki_cmd;
 mod policy_cmd;
@@ -51,6 +52,14 @@ enum Command {
         source: SourceArgs,
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Talk to a running broker: reload its policy and CRL, or ask its health.
+    Admin {
+        /// The broker's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:9883")]
+        admin: std::net::SocketAddr,
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Certificates and signing keys.
     Pki {
@@ -191,7 +200,23 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Re-read the policy set and the TLS files (like SIGHUP); exit 1 if either was refused.
+    Reload,
+    /// Print the broker's health; exit 1 unless it is healthy.
+    Health,
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
+    /// Revoke a certificate of the DEVELOPMENT PKI: add it to crl.pem (a running broker reloads it).
+    Revoke {
+        /// The certificate to revoke (PEM), e.g. certs-dev/linkoping/client.pem.
+        certificate: PathBuf,
+        /// The development PKI directory.
+        #[arg(long, default_value = "certs-dev")]
+        dir: PathBuf,
+    },
     /// Create a DEVELOPMENT PKI: CA, agency client certificates, broker certificate, signing keys.
     Dev {
         /// Where to write certificates and keys.
@@ -321,7 +346,12 @@ fn main() -> ExitCode {
                 AuditCommand::Consistency { old, new } => audit_cmd::consistency(&source, old, new),
             }
         }
+        Command::Admin { admin, command } => match command {
+            AdminCommand::Reload => admin_cmd::reload(admin),
+            AdminCommand::Health => admin_cmd::health(admin),
+        },
         Command::Pki { command } => match command {
+            PkiCommand::Revoke { certificate, dir } => pki_cmd::revoke(&dir, &certificate),
             PkiCommand::Dev {
                 out,
                 policies,

@@ -40,3 +40,13 @@ pub fn dev(out: &Path, policies: &Path, force: bool) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn revoke(dir: &Path, certificate: &Path) -> Result<ExitCode> {
+    let serial = pki::revoke_dev(dir, certificate)?;
+    println!(
+        "revoked {} (serial {serial}); {} now lists it. A running broker closes its connections within its CRL check interval, or at once on SIGHUP / `samverkan admin reload`.",
+        certificate.display(),
+        dir.join("crl.pem").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -51,6 +51,12 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(crl) = &config.tls.crl {
         println!("  CRL          {}", crl.display());
     }
+    match config.admin_listen {
+        Some(addr) => println!(
+            "  admin        http://{addr}/health, /metrics, POST /admin/reload (or SIGHUP)"
+        ),
+        None => println!("  admin        off (reload with SIGHUP)"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,9 +72,15 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         };
-        let stopped = tokio::select! {
-            _ = shutdown_signal() => None,
-            r = broker.wait() => Some(r),
+        let stopped = loop {
+            tokio::select! {
+                _ = shutdown_signal() => break None,
+                _ = reload_signal() => {
+                    let report = broker.reload().await;
+                    tracing::info!(policy = %report.policy.message, tls = %report.tls.message, "reload (SIGHUP)");
+                }
+                r = broker.wait() => break Some(r),
+            }
         };
         match stopped {
             None => {
@@ -98,6 +110,19 @@ fn development_config() -> Result<BrokerConfig> {
         pki::generate_dev(Path::new(DEV_PKI_DIR), &config.policy_dir)?;
     }
     Ok(config)
+}
+
+/// Resolves on SIGHUP (never elsewhere).
+async fn reload_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            hup.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,133 @@
+//! Prometheus metrics (prometheus-client): what an operator watches.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label set with one `code` (refusal reason).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The code.
+    pub code: String,
+}
+
+/// A label set with one `agency`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgencyLabel {
+    /// The agency id.
+    pub agency: String,
+}
+
+/// Every metric the broker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Alerts accepted.
+    pub accepted: Counter,
+    /// Alerts refused, by code.
+    pub rejected: Family<CodeLabel, Counter>,
+    /// Exact resends answered with the stored receipt.
+    pub resent: Counter,
+    /// Shares recorded.
+    pub shares: Counter,
+    /// Denials recorded.
+    pub denials: Counter,
+    /// Acknowledgements recorded.
+    pub acks: Counter,
+    /// Batches that could not be committed (database unavailable).
+    pub failed_commits: Counter,
+    /// Seconds per batch commit.
+    pub commit_seconds: Histogram,
+    /// Messages per batch.
+    pub batch_size: Histogram,
+    /// 1 while the database answers, 0 while the broker fails closed.
+    pub database_up: Gauge,
+    /// Audit log size.
+    pub audit_entries: Gauge,
+    /// Open connections per agency (set when scraped).
+    pub connections: Family<AgencyLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("samverkan");
+        let m = Self {
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            resent: Counter::default(),
+            shares: Counter::default(),
+            denials: Counter::default(),
+            acks: Counter::default(),
+            failed_commits: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            database_up: Gauge::default(),
+            audit_entries: Gauge::default(),
+            connections: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("alerts_accepted", "Alerts accepted", m.accepted.clone());
+        registry.register(
+            "alerts_rejected",
+            "Alerts refused, by reason code",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "alerts_resent",
+            "Exact resends answered with the stored receipt",
+            m.resent.clone(),
+        );
+        registry.register("shares", "Shares recorded", m.shares.clone());
+        registry.register("denials", "Denials recorded", m.denials.clone());
+        registry.register(
+            "acks",
+            "Acknowledgements of receipt recorded",
+            m.acks.clone(),
+        );
+        registry.register(
+            "failed_commits",
+            "Batches not committed (database unavailable)",
+            m.failed_commits.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to commit one batch",
+            m.commit_seconds.clone(),
+        );
+        registry.register("batch_size", "Messages per batch", m.batch_size.clone());
+        registry.register(
+            "database_up",
+            "1 while the database answers",
+            m.database_up.clone(),
+        );
+        registry.register(
+            "audit_entries",
+            "Entries in the audit log",
+            m.audit_entries.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open connections per agency",
+            m.connections.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

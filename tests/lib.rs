@@ -384,3 +384,272 @@ pub fn samverkan_binary() -> PathBuf {
     );
     path
 }
+
+/// A TCP proxy in front of a server (PostgreSQL) that a test can cut and
+/// restore, to make the database disappear and come back.
+pub struct TcpProxy {
+    /// The proxy's address.
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (up2, generation2) = (up.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = generation2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The host and port of a PostgreSQL URL.
+pub fn postgres_address(url: &str) -> SocketAddr {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let host_port = host_port.rsplit('@').next().unwrap_or(host_port);
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().unwrap()
+}
+
+/// A free TCP port on loopback (for processes that bind their own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The broker as a separate `samverkan serve` process.
+pub struct BrokerProcess {
+    /// The working directory (policies, certs-dev, database, configuration).
+    pub dir: tempfile::TempDir,
+    /// The public port.
+    pub port: u16,
+    /// The admin port.
+    pub admin_port: u16,
+    /// The database URL.
+    pub store_url: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Prepares a directory and configuration on SQLite (not started yet).
+    pub fn new() -> Self {
+        let dir = prepare_dir();
+        let port = free_port();
+        let admin_port = free_port();
+        let store_url = format!("sqlite://{}", dir.path().join("samverkan.db").display());
+        let config = format!(
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\nurl = \"{store_url}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[tls]\nca = \"certs-dev/ca.pem\"\ncert = \"certs-dev/broker.pem\"\nkey = \"certs-dev/broker.key\"\ncrl = \"certs-dev/crl.pem\"\ncrl_check_interval_ms = 200\n\n[audit]\ncheckpoint_interval_ms = 1000\n"
+        );
+        std::fs::write(dir.path().join("samverkan.toml"), config).unwrap();
+        let log = dir.path().join("broker.log");
+        Self {
+            dir,
+            port,
+            admin_port,
+            store_url,
+            child: None,
+            log,
+        }
+    }
+
+    /// Starts the process and waits until its health endpoint answers.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = std::process::Command::new(samverkan_binary())
+            .args(["serve", "--config", "samverkan.toml"])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,rumqttd=warn,rumqttd::server::broker=off")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the broker exited at start ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker did not start:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal and waits up to `limit` for the process to exit; returns its status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SDK configuration for an agency of this broker.
+    pub fn agency_config(&self, agency: &str) -> samverkan_sdk::client::AgencyConfig {
+        samverkan_sdk::client::AgencyConfig::from_dev_pki(
+            &self.dir.path().join("certs-dev"),
+            &self.dir.path().join("policies/keys.toml"),
+            agency,
+            "localhost",
+            self.port,
+        )
+        .unwrap()
+    }
+
+    /// Runs the `samverkan` binary against this broker's store and keys.
+    pub fn samverkan(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(samverkan_binary())
+            .args(args)
+            .arg("--store")
+            .arg(&self.store_url)
+            .arg("--broker-keys")
+            .arg(self.dir.path().join("certs-dev/broker-keys.toml"))
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Default for BrokerProcess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET or POST on an admin endpoint; returns (status, body).
+pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}

@@ -415,6 +415,18 @@ impl Router {
         }
     }
 
+    async fn record_start(&mut self) -> Result<(), StoreError> {
+        self.sync().await?;
+        let policy = self.policy.current();
+        let mut next = self.next_index;
+        let mut commit = Commit::default();
+        self.record_policy(&policy, self.clock.now_ms(), &mut next, &mut commit)
+            .await?;
+        self.finish(commit, next).await?;
+        self.recorded_policy = Some(policy.version().to_string());
+        Ok(())
+    }
+
     /// Records a newly loaded policy version and every key it newly revokes.
     async fn record_policy_change(&mut self, previous: &PolicySet) -> Result<(), StoreError> {
         self.sync().await?;
@@ -546,6 +558,11 @@ impl Router {
     /// Runs until `shutdown` turns true: everything received before that is
     /// committed and answered before this returns.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RouterError> {
+        // The policy in force at start is an audit entry of its own (retried
+        // with the first batch if the database is not there yet).
+        if let Err(e) = self.record_start().await {
+            warn!(error = %e, "the policy load could not be recorded yet");
+        }
         loop {
             tokio::select! {
                 biased;

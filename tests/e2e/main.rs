@@ -2,11 +2,13 @@
 //! One binary, one module per area (see `samverkan_e2e` for the harness).
 
 mod audit;
+mod crash;
 mod fixtures;
 mod flows;
 mod forgery;
 mod isolation;
 mod raw;
 mod rejections;
+mod reload;
 mod third_party;
 mod tls;

@@ -1,0 +1,452 @@
+//! `samverkan-bench`: load generator and side-by-side benchmark.
+//!
+//! ```sh
+//! cargo build --release -p samverkan-broker -p samverkan-e2e
+//! target/release/samverkan-bench compare --duration 60
+//! target/release/samverkan-bench run --target samverkan --shape mixed --rate 1000 --duration 60
+//! target/release/samverkan-bench ceiling
+//! ```
+//!
+//! Every server runs as its own process so that its CPU time and peak
+//! memory can be read; the load generator shares the machine with it, as
+//! the measurements in the documentation say.
+
+mod ceiling;
+mod load;
+mod stats;
+mod targets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use samverkan_e2e::{Backend, POSTGRES_ENV};
+use serde::Serialize;
+
+use load::{Counters, Shape};
+use stats::LatencySummary;
+use targets::Target;
+
+#[derive(Parser)]
+#[command(
+    name = "samverkan-bench",
+    about = "Load generator and benchmark for Samverkan"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Target::Samverkan)]
+    target: Target,
+    /// The database (Samverkan only); PostgreSQL needs SAMVERKAN_TEST_POSTGRES.
+    #[arg(long, value_enum, default_value_t = BackendArg::Sqlite)]
+    backend: BackendArg,
+    /// The traffic shape.
+    #[arg(long, value_enum, default_value_t = Shape::Mixed)]
+    shape: Shape,
+    /// Alerts per second in total; 0 = as fast as the server answers.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Alerts in flight per publisher (flat out).
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+    /// Extra idle client connections held open during the run.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One measurement run.
+    Run(RunArgs),
+    /// The comparison: Samverkan (SQLite, PostgreSQL), rumqttd alone, Mosquitto; ratios.
+    Compare {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        /// Also write every report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// What one core of this machine can do: signatures, hashes, parsing, inserts.
+    Ceiling,
+    /// Internal: run rumqttd alone (used by `--target rumqttd`).
+    #[command(hide = true)]
+    ServeRumqttd {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        certs: PathBuf,
+    },
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    target: Target,
+    backend: Option<&'static str>,
+    shape: Shape,
+    rate_requested: u32,
+    duration_s: u64,
+    alerts_sent: u64,
+    alerts_accepted: u64,
+    alerts_rejected: u64,
+    alerts_per_s: f64,
+    deliveries: u64,
+    deliveries_per_s: f64,
+    receipt_latency: Option<LatencySummary>,
+    delivery_latency: LatencySummary,
+    server_cpu_cores: f64,
+    server_peak_rss_mb: f64,
+    server_rss_start_mb: f64,
+    server_rss_end_mb: f64,
+    idle_connections: usize,
+    missing_receipts: u64,
+    connection_errors: u64,
+    refusals: std::collections::BTreeMap<String, u64>,
+}
+
+async fn run(args: RunArgs) -> Result<Report> {
+    let backend = match args.backend {
+        BackendArg::Sqlite => Backend::Sqlite,
+        BackendArg::Postgres => Backend::Postgres,
+    };
+    let server = targets::start(args.target, backend).await?;
+    let pid = server.child.id();
+    let certs = server.certs();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
+    let epoch = Instant::now();
+    let (publishers, receivers) = load::plan(args.shape);
+    let shape = if args.target == Target::Samverkan {
+        args.shape
+    } else {
+        Shape::OneToThree
+    };
+
+    let idle = if args.idle > 0 {
+        load::idle_connections(
+            certs.clone(),
+            server.port,
+            args.idle,
+            stop.clone(),
+            &receivers,
+        )
+        .await?
+    } else {
+        0
+    };
+
+    let mut tasks = Vec::new();
+    match args.target {
+        Target::Samverkan => {
+            for r in receivers {
+                tasks.push(tokio::spawn(load::samverkan_receiver(
+                    certs.clone(),
+                    server.port,
+                    r,
+                    stop.clone(),
+                    counters.clone(),
+                )));
+            }
+        }
+        _ => {
+            for n in 0..3 {
+                tasks.push(tokio::spawn(load::plain_subscriber(
+                    certs.clone(),
+                    server.port,
+                    n,
+                    stop.clone(),
+                    counters.clone(),
+                    epoch,
+                )));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let publisher_count = if args.target == Target::Samverkan {
+        publishers.len()
+    } else {
+        1
+    };
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(publisher_count as f64 / f64::from(args.rate)));
+    let mut pubs = Vec::new();
+    match args.target {
+        Target::Samverkan => {
+            for p in publishers {
+                pubs.push(tokio::spawn(load::samverkan_publisher(
+                    certs.clone(),
+                    server.port,
+                    p,
+                    shape,
+                    args.window,
+                    interval,
+                    stop.clone(),
+                    counters.clone(),
+                )));
+            }
+        }
+        _ => pubs.push(tokio::spawn(load::plain_publisher(
+            certs.clone(),
+            server.port,
+            interval,
+            stop.clone(),
+            counters.clone(),
+            epoch,
+        ))),
+    }
+
+    // Warm up for a second, then measure over the run.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = stats::sample(pid).unwrap_or_default();
+    let (sent0, acc0, del0) = (
+        counters.sent.load(Ordering::Relaxed),
+        counters.accepted.load(Ordering::Relaxed),
+        counters.delivered.load(Ordering::Relaxed),
+    );
+    let t0 = Instant::now();
+    let mut peak_rss = start.rss_bytes;
+    while t0.elapsed() < Duration::from_secs(args.duration) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(s) = stats::sample(pid) {
+            peak_rss = peak_rss.max(s.rss_bytes);
+        }
+        if pubs.iter().all(|p| p.is_finished()) {
+            break;
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let end = stats::sample(pid).unwrap_or_default();
+    let accepted = counters.accepted.load(Ordering::Relaxed) - acc0;
+    let delivered = counters.delivered.load(Ordering::Relaxed) - del0;
+    let _ = counters.sent.load(Ordering::Relaxed) - sent0;
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        if let Ok(Err(e)) = p.await {
+            eprintln!("publisher: {e:#}");
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let answered =
+        counters.accepted.load(Ordering::Relaxed) + counters.rejected.load(Ordering::Relaxed);
+    Ok(Report {
+        target: args.target,
+        backend: (args.target == Target::Samverkan).then_some(match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }),
+        shape,
+        rate_requested: args.rate,
+        duration_s: args.duration,
+        alerts_sent: sent,
+        alerts_accepted: counters.accepted.load(Ordering::Relaxed),
+        alerts_rejected: counters.rejected.load(Ordering::Relaxed),
+        alerts_per_s: accepted as f64 / elapsed,
+        deliveries: counters.delivered.load(Ordering::Relaxed),
+        deliveries_per_s: delivered as f64 / elapsed,
+        receipt_latency: (args.target == Target::Samverkan)
+            .then(|| counters.receipt_latency.summary()),
+        delivery_latency: counters.delivery_latency.summary(),
+        server_cpu_cores: (end.cpu_seconds - start.cpu_seconds) / elapsed,
+        server_peak_rss_mb: end.peak_rss_bytes.max(peak_rss) as f64 / 1_048_576.0,
+        server_rss_start_mb: start.rss_bytes as f64 / 1_048_576.0,
+        server_rss_end_mb: end.rss_bytes as f64 / 1_048_576.0,
+        idle_connections: idle,
+        missing_receipts: if args.target == Target::Samverkan {
+            sent.saturating_sub(answered)
+        } else {
+            0
+        },
+        connection_errors: counters.connection_errors.load(Ordering::Relaxed),
+        refusals: counters
+            .refusals
+            .lock()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default(),
+    })
+}
+
+fn print(report: &Report) {
+    let name = match (report.target, report.backend) {
+        (Target::Samverkan, Some(b)) => format!("samverkan ({b})"),
+        (t, _) => format!("{t:?}").to_lowercase(),
+    };
+    println!(
+        "\n== {name}, shape {:?}, {} for {} s",
+        report.shape,
+        if report.rate_requested == 0 {
+            "flat out".to_string()
+        } else {
+            format!("{} alerts/s", report.rate_requested)
+        },
+        report.duration_s
+    );
+    println!(
+        "  accepted     {:>10.0} /s   ({} sent, {} accepted, {} refused)",
+        report.alerts_per_s, report.alerts_sent, report.alerts_accepted, report.alerts_rejected
+    );
+    println!(
+        "  delivered    {:>10.0} /s   ({} deliveries)",
+        report.deliveries_per_s, report.deliveries
+    );
+    if let Some(l) = &report.receipt_latency {
+        println!(
+            "  → receipt    p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+        );
+    }
+    let l = &report.delivery_latency;
+    println!(
+        "  → delivery   p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+    println!(
+        "  server       {:.2} cores, RSS {:.0} → {:.0} MB (peak {:.0} MB){}",
+        report.server_cpu_cores,
+        report.server_rss_start_mb,
+        report.server_rss_end_mb,
+        report.server_peak_rss_mb,
+        if report.idle_connections > 0 {
+            format!(", {} idle connections", report.idle_connections)
+        } else {
+            String::new()
+        }
+    );
+    if !report.refusals.is_empty() {
+        println!("  refusals     {:?}", report.refusals);
+    }
+    if report.missing_receipts > 0 || report.connection_errors > 0 {
+        println!(
+            "  errors       {} alerts without receipt, {} connection errors",
+            report.missing_receipts, report.connection_errors
+        );
+    }
+}
+
+fn write_json(path: &Option<PathBuf>, reports: &[Report]) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(reports)?)?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::ServeRumqttd { port, certs } => targets::serve_rumqttd(port, &certs),
+        Command::Ceiling => ceiling::run().await,
+        Command::Run(args) => {
+            let json = args.json.clone();
+            let report = run(args).await?;
+            print(&report);
+            write_json(&json, &[report])
+        }
+        Command::Compare { duration, json } => {
+            let base = RunArgs {
+                target: Target::Samverkan,
+                backend: BackendArg::Sqlite,
+                shape: Shape::Mixed,
+                rate: 0,
+                duration,
+                window: 128,
+                idle: 0,
+                json: None,
+            };
+            let mut plan = vec![
+                RunArgs {
+                    shape: Shape::Mixed,
+                    ..base.clone()
+                },
+                RunArgs {
+                    shape: Shape::OneToThree,
+                    ..base.clone()
+                },
+                RunArgs {
+                    shape: Shape::Mixed,
+                    rate: 1000,
+                    ..base.clone()
+                },
+            ];
+            if std::env::var(POSTGRES_ENV).is_ok() {
+                plan.push(RunArgs {
+                    backend: BackendArg::Postgres,
+                    ..base.clone()
+                });
+            } else {
+                println!("(PostgreSQL not measured: set {POSTGRES_ENV})");
+            }
+            plan.push(RunArgs {
+                target: Target::Rumqttd,
+                shape: Shape::OneToThree,
+                ..base.clone()
+            });
+            plan.push(RunArgs {
+                target: Target::Mosquitto,
+                shape: Shape::OneToThree,
+                ..base.clone()
+            });
+            let mut reports = Vec::new();
+            for args in plan {
+                let report = run(args).await?;
+                print(&report);
+                reports.push(report);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let find = |t: Target, s: Shape, rate: u32| {
+                reports.iter().find(|r| {
+                    r.target == t
+                        && r.shape == s
+                        && r.rate_requested == rate
+                        && r.backend != Some("postgres")
+                })
+            };
+            println!("\n== ratios (flat out)");
+            if let (Some(sv), Some(mq)) = (
+                find(Target::Samverkan, Shape::OneToThree, 0),
+                find(Target::Mosquitto, Shape::OneToThree, 0),
+            ) {
+                println!(
+                    "  samverkan 1→3 alerts/s ÷ mosquitto 1→3 publishes/s = {:.2}   (deliveries: {:.2})",
+                    sv.alerts_per_s / mq.alerts_per_s.max(1.0),
+                    sv.deliveries_per_s / mq.deliveries_per_s.max(1.0)
+                );
+            }
+            if let (Some(sv), Some(rd)) = (
+                find(Target::Samverkan, Shape::OneToThree, 0),
+                find(Target::Rumqttd, Shape::OneToThree, 0),
+            ) {
+                println!(
+                    "  samverkan 1→3 alerts/s ÷ rumqttd 1→3 publishes/s   = {:.2}   (deliveries: {:.2})",
+                    sv.alerts_per_s / rd.alerts_per_s.max(1.0),
+                    sv.deliveries_per_s / rd.deliveries_per_s.max(1.0)
+                );
+            }
+            write_json(&json, &reports)
+        }
+    }
+}

@@ -157,6 +157,7 @@ pub struct Gateway {
     settings: GatewaySettings,
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_id: AtomicU64,
+    client_ids: crate::client_ids::ClientIds,
 }
 
 /// Why one connection was refused or ended (for logs).
@@ -197,6 +198,7 @@ impl Gateway {
             settings,
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            client_ids: crate::client_ids::ClientIds::default(),
         }
     }
 
@@ -303,8 +305,14 @@ impl Gateway {
         .await
         .map_err(|_| ConnectionError::ConnectTimeout(timeout))?
         .map_err(ConnectionError::BadConnect)?;
-        let connect =
-            with_unique_client_id(&connect, level, id).map_err(ConnectionError::BadConnect)?;
+        let client_id =
+            crate::client_ids::client_id(&connect, level).map_err(ConnectionError::BadConnect)?;
+        let claim = self.client_ids.claim(&identity.agency, &client_id, id);
+        let connect = match &claim.renamed {
+            Some(unique) => crate::client_ids::with_client_id(&connect, level, unique)
+                .map_err(ConnectionError::BadConnect)?,
+            None => connect,
+        };
 
         let backend_addr = if level == 5 {
             self.embedded.v5
@@ -332,6 +340,26 @@ impl Gateway {
         .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         backend
             .write_all(&connect)
+            .await
+            .map_err(|e| ConnectionError::Backend(e.to_string()))?;
+        // rumqttd's answer must be a CONNACK; without one the client id is
+        // marked (see `client_ids`) and the client told nothing more.
+        let connack = tokio::time::timeout(timeout, read_packet(&mut backend, 1024)).await;
+        let connack = match connack {
+            Ok(Ok(packet)) if packet.first().is_some_and(|b| b >> 4 == 2) => packet,
+            other => {
+                self.client_ids.release(claim, false);
+                let reason = match other {
+                    Ok(Ok(_)) => "rumqttd answered CONNECT with another packet".to_string(),
+                    Ok(Err(e)) => e,
+                    Err(_) => "no CONNACK from rumqttd".to_string(),
+                };
+                return Err(ConnectionError::Backend(reason));
+            }
+        };
+        self.client_ids.release(claim, true);
+        client
+            .write_all(&connack)
             .await
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
 
@@ -363,75 +391,35 @@ impl Gateway {
     }
 }
 
-/// Gives a CONNECT packet a client id that is unique for the life of the
-/// process: `<client id>~<n>` (or `~<n>` when the client sent none).
-///
-/// rumqttd keeps a per-client-id handler for last wills; when a connection
-/// fails between CONNECT and CONNACK the handler is left behind, and the
-/// next connection with the same client id makes rumqttd panic while it
-/// holds the handlers' lock — which poisons the lock and refuses every later
-/// connection on that listener. Unique ids keep any client, buggy or
-/// hostile, from ever reaching that state. rumqttd keeps sessions in memory
-/// only, so nothing that survives a reconnect is lost; Samverkan's own
-/// delivery guarantee comes from the database and replay.
-fn with_unique_client_id(packet: &[u8], level: u8, n: u64) -> Result<Vec<u8>, String> {
-    let short = || "CONNECT too short".to_string();
-    // Skip the fixed header: type byte and 1–4 remaining-length bytes.
-    let mut pos = 1;
-    while packet.get(pos).ok_or_else(short)? & 0x80 != 0 {
-        pos += 1;
-    }
-    let body = &packet[pos + 1..];
-    // Variable header: protocol name (6), level (1), flags (1), keep-alive (2).
-    let mut cursor = 10;
-    if level == 5 {
-        // Properties: a variable byte integer length, then the properties.
-        let mut len: usize = 0;
-        let mut shift = 0;
-        loop {
-            let b = *body.get(cursor).ok_or_else(short)?;
-            cursor += 1;
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-            if shift > 21 {
-                return Err("malformed properties length".into());
-            }
-        }
-        cursor += len;
-    }
-    let id_len = usize::from(u16::from_be_bytes([
-        *body.get(cursor).ok_or_else(short)?,
-        *body.get(cursor + 1).ok_or_else(short)?,
-    ]));
-    let id_start = cursor + 2;
-    let id = body.get(id_start..id_start + id_len).ok_or_else(short)?;
-    let id = std::str::from_utf8(id).map_err(|_| "client id is not UTF-8".to_string())?;
-    let unique = format!("{}~{n}", id.chars().take(200).collect::<String>());
-    let unique_len = u16::try_from(unique.len()).map_err(|_| "client id too long".to_string())?;
-
-    let mut new_body = Vec::with_capacity(body.len() + 24);
-    new_body.extend_from_slice(&body[..cursor]);
-    new_body.extend_from_slice(&unique_len.to_be_bytes());
-    new_body.extend_from_slice(unique.as_bytes());
-    new_body.extend_from_slice(&body[id_start + id_len..]);
-    let mut out = vec![packet[0]];
-    let mut remaining = new_body.len();
-    loop {
-        let mut byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if remaining == 0 {
+/// Reads one MQTT packet (fixed header, remaining length, body), at most
+/// `max_bytes` long.
+async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut packet = vec![0u8; 1];
+    r.read_exact(&mut packet).await.map_err(|e| e.to_string())?;
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        packet.push(b[0]);
+        remaining |= usize::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
             break;
         }
+        if i == 3 {
+            return Err("malformed remaining length".into());
+        }
     }
-    out.extend_from_slice(&new_body);
-    Ok(out)
+    if remaining > max_bytes {
+        return Err(format!(
+            "packet of {remaining} bytes is larger than {max_bytes}"
+        ));
+    }
+    let start = packet.len();
+    packet.resize(start + remaining, 0);
+    r.read_exact(&mut packet[start..])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(packet)
 }
 
 /// Reads one MQTT CONNECT packet and returns its protocol level (4 or 5)
@@ -490,50 +478,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_ids_become_unique() {
-        // 3.1.1 CONNECT with client id "a".
-        let v4 = [
-            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 1, b'a',
-        ];
-        let out = with_unique_client_id(&v4, 4, 7).unwrap();
-        assert_eq!(
-            out,
-            [
-                0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 3, b'a', b'~', b'7'
-            ]
-        );
-        // MQTT 5 with two bytes of properties and an empty client id.
-        let v5 = [
-            0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 30, 2, 0x21, 0, 0, 0,
-        ];
-        let out = with_unique_client_id(&v5, 5, 12).unwrap();
-        assert_eq!(&out[13..], &[0x21, 0, 0, 3, b'~', b'1', b'2']);
-        assert_eq!(out[1] as usize, out.len() - 2);
-        // A long packet whose remaining length needs two bytes.
-        let mut long = vec![
-            0x10,
-            0x80 | 14,
-            1,
-            0,
-            4,
-            b'M',
-            b'Q',
-            b'T',
-            b'T',
-            4,
-            2,
-            0,
-            30,
-            0,
-            130,
-        ];
-        long.extend(std::iter::repeat_n(b'x', 130));
-        let out = with_unique_client_id(&long, 4, 1).unwrap();
-        assert_eq!(out.len(), long.len() + 2);
-        assert!(with_unique_client_id(&v4[..12], 4, 1).is_err());
-    }
 
     #[tokio::test]
     async fn reads_connect_levels() {

@@ -13,6 +13,7 @@
 //! * [`config`] — the configuration file;
 //! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
 //! * [`identity`] — the agency named by a client certificate;
+//! * [`client_ids`] — client ids as rumqttd sees them;
 //! * [`mqtt`] — the embedded rumqttd;
 //! * [`router`] — the pipeline: authenticate, validate, decide, record, deliver;
 //! * [`policy`] — load, validate and apply the policy set;
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod client_ids;
 pub mod config;
 pub mod gateway;
 pub mod identity;

@@ -74,7 +74,10 @@ impl Default for MqttSettings {
         Self {
             max_packet_bytes: 16 * 1024 * 1024,
             max_connections: 10_000,
-            segment_bytes: 16 * 1024 * 1024,
+            // The router and the inboxes are drained continuously and every
+            // share is also in the database, so rumqttd's per-filter rings
+            // can stay small (a larger message still fits: it opens a segment).
+            segment_bytes: 1024 * 1024,
             segments: 4,
         }
     }

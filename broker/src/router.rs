@@ -42,6 +42,7 @@ use samverkan_sdk::{VerifiedAlert, names};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
+use sha2::Digest as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -1006,6 +1007,8 @@ impl Router {
                 let value = a.alert.field(field)?.as_str()?;
                 self.subjects.hash_value(*kind, value)
             })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         let base = |kind: EntryKind, index: u64| {
             let mut e = AuditEntry::new(kind, now);
@@ -1251,6 +1254,7 @@ impl Router {
         }
         let pending = self.store.unacked_among(tenant, &ack.share_ids).await?;
         let message = serde_json::to_vec(&signed).unwrap_or_default();
+        let message_hash = hex::encode(sha2::Sha256::digest(&message));
         for p in pending {
             // The same share acknowledged twice in one batch is recorded once.
             if commit.acks.iter().any(|a| a.share_id == p.share_id) {
@@ -1272,6 +1276,7 @@ impl Router {
                 recipient: tenant.to_string(),
                 acked_at_ms: now,
                 ack_audit_idx: index,
+                message_hash: message_hash.clone(),
                 ack_message: message.clone(),
             });
         }

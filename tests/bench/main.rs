@@ -123,6 +123,7 @@ pub struct Report {
     missing_receipts: u64,
     connection_errors: u64,
     refusals: std::collections::BTreeMap<String, u64>,
+    broker: Option<Internals>,
 }
 
 async fn run(args: RunArgs) -> Result<Report> {
@@ -238,6 +239,10 @@ async fn run(args: RunArgs) -> Result<Report> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let end = stats::sample(pid).unwrap_or_default();
+    let internals = match server.admin_port {
+        Some(port) => broker_internals(port).await,
+        None => None,
+    };
     let accepted = counters.accepted.load(Ordering::Relaxed) - acc0;
     let delivered = counters.delivered.load(Ordering::Relaxed) - del0;
     let _ = counters.sent.load(Ordering::Relaxed) - sent0;
@@ -287,6 +292,35 @@ async fn run(args: RunArgs) -> Result<Report> {
             .lock()
             .map(|m| m.clone().into_iter().collect())
             .unwrap_or_default(),
+        broker: internals,
+    })
+}
+
+/// The broker's own view: mean batch size and commit time, from /metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct Internals {
+    batches: f64,
+    mean_batch_alerts: f64,
+    mean_commit_ms: f64,
+    failed_commits: f64,
+}
+
+async fn broker_internals(port: u16) -> Option<Internals> {
+    let (_, text) =
+        samverkan_e2e::admin_request(([127, 0, 0, 1], port).into(), "GET", "/metrics").await;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let batches = value("samverkan_batch_size_count")?;
+    let commits = value("samverkan_commit_seconds_count")?;
+    Some(Internals {
+        batches,
+        mean_batch_alerts: value("samverkan_batch_size_sum")? / batches.max(1.0),
+        mean_commit_ms: 1000.0 * value("samverkan_commit_seconds_sum")? / commits.max(1.0),
+        failed_commits: value("samverkan_failed_commits_total").unwrap_or(0.0),
     })
 }
 
@@ -336,6 +370,19 @@ fn print(report: &Report) {
             String::new()
         }
     );
+    if let Some(b) = &report.broker {
+        println!(
+            "  broker       {:.0} batches, {:.1} alerts per batch, {:.2} ms per commit{}",
+            b.batches,
+            b.mean_batch_alerts,
+            b.mean_commit_ms,
+            if b.failed_commits > 0.0 {
+                format!(", {} failed commits", b.failed_commits)
+            } else {
+                String::new()
+            }
+        );
+    }
     if !report.refusals.is_empty() {
         println!("  refusals     {:?}", report.refusals);
     }

@@ -30,6 +30,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     /// Keeps a PostgreSQL test database alive.
     _database: Option<TestDatabase>,
+    /// Samverkan's admin endpoint.
+    pub admin_port: Option<u16>,
 }
 
 impl Server {
@@ -95,6 +97,7 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
     let log = dir.path().join("server.log");
     let log_file = std::fs::File::create(&log)?;
     let mut database = None;
+    let mut admin_port = None;
     let mut child = match target {
         Target::Samverkan => {
             // The benchmark measures throughput, not the publish limits.
@@ -103,8 +106,10 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
                 "[default]\npublish_per_second = 1000000\npublish_burst = 1000000\n",
             )?;
             let db = TestDatabase::new(backend, dir.path()).await;
+            let admin = free_port();
+            admin_port = Some(admin);
             let config = format!(
-                "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"off\"\n\n[router]\nbatch_max = 2048\n",
+                "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[router]\nbatch_max = 2048\n",
                 db.url
             );
             database = Some(db);
@@ -134,7 +139,7 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
             std::fs::write(
                 &conf,
                 format!(
-                    "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
+                    "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous true\npersistence false\nuser root\nlog_dest stderr\nlog_type error\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
                     certs.join("ca.pem").display(),
                     certs.join("broker.pem").display(),
                     certs.join("broker.key").display(),
@@ -158,6 +163,7 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
         port,
         dir,
         _database: database,
+        admin_port,
     })
 }
 

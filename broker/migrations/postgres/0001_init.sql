@@ -82,12 +82,25 @@ CREATE TABLE deliveries (
     -- The signed delivery message (personal data); NULL once purged.
     payload         BYTEA,
     created_at_ms   BIGINT  NOT NULL,
-    acked_at_ms     BIGINT,
-    ack_audit_idx   BIGINT,
-    -- The recipient's signed acknowledgement (evidence of receipt).
-    ack_message     BYTEA
+    -- Set when the recipient acknowledged it (see acks).
+    acked_at_ms     BIGINT
 );
 CREATE INDEX deliveries_unacked ON deliveries (recipient, created_at_ms) WHERE acked_at_ms IS NULL;
+
+-- Acknowledgements of receipt: which signed message acknowledged which share.
+CREATE TABLE acks (
+    share_id       TEXT   PRIMARY KEY,
+    recipient      TEXT   NOT NULL,
+    acked_at_ms    BIGINT NOT NULL,
+    ack_audit_idx  BIGINT NOT NULL,
+    message_hash   TEXT   NOT NULL
+);
+
+-- The recipients' signed acknowledgements (evidence of receipt), once each.
+CREATE TABLE ack_messages (
+    message_hash  TEXT PRIMARY KEY,
+    message       BYTEA NOT NULL
+);
 
 -- The text of every policy version ever loaded, so a share can be explained later.
 CREATE TABLE policy_versions (

@@ -229,7 +229,9 @@ pub struct AckUpdate {
     pub acked_at_ms: i64,
     /// The acknowledgement's audit entry.
     pub ack_audit_idx: u64,
-    /// The recipient's signed acknowledgement (JSON).
+    /// Hex SHA-256 of the signed acknowledgement that covered it.
+    pub message_hash: String,
+    /// The recipient's signed acknowledgement (JSON), stored once per message.
     pub ack_message: Vec<u8>,
 }
 
@@ -272,7 +274,12 @@ const ALERT_COLUMNS: &str = "publisher, alert_id, envelope_hash, alert_type, top
 const DELIVERY_COLUMNS: &str = "share_id, recipient, alert_id, publisher, alert_type, topic, audit_idx, payload, created_at_ms";
 
 /// `($1, …, $k), ($k+1, …)` for `rows` rows of `cols` columns.
-fn placeholders(rows: usize, cols: usize) -> String {
+///
+/// SQLite gets anonymous `?` placeholders: sqlx looks every parameter up by
+/// name, and SQLite's name lookup is linear, so numbered placeholders make
+/// a statement's binding quadratic in its size (it was a tenth of the
+/// broker's CPU time under load).
+fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -283,25 +290,76 @@ fn placeholders(rows: usize, cols: usize) -> String {
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
+            match backend {
+                Backend::Sqlite => s.push('?'),
+                Backend::Postgres => {
+                    s.push('$');
+                    s.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
         }
         s.push(')');
     }
     s
 }
 
-impl Backend {
-    /// Bound values per multi-row INSERT. PostgreSQL takes up to 65535 and
-    /// is fastest with large statements; SQLite (through sqlx) slows down
-    /// sharply beyond a few hundred per statement (measured with the audit
-    /// benchmark: 500 → 4.2k entries/s, 30000 → 0.5k entries/s in a debug build).
-    fn max_binds(self) -> usize {
-        match self {
-            Backend::Sqlite => 500,
-            Backend::Postgres => 30_000,
+/// `(…)` with `n` placeholders numbered from `after + 1` (PostgreSQL) or anonymous (SQLite).
+fn placeholders_after(backend: Backend, after: usize, n: usize) -> String {
+    let mut s = String::from("(");
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => s.push('?'),
+            Backend::Postgres => {
+                s.push('$');
+                s.push_str(&(after + i + 1).to_string());
+            }
         }
     }
+    s.push(')');
+    s
+}
+
+/// Rows per multi-row INSERT. Only these few sizes are used (a batch of 300
+/// rows is written as 256 + 32 + 8 + 4), so every statement comes from
+/// sqlx's prepared-statement cache instead of being parsed anew per batch.
+const CHUNKS: [usize; 6] = [256, 64, 32, 8, 4, 1];
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Inserts `rows` with `insert` (`INSERT INTO t (cols)`), `cols` values per
+/// row. `insert` may end with `…ON CONFLICT DO NOTHING` after a `|`.
+async fn insert_rows<T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    insert: &str,
+    cols: usize,
+    rows: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = CHUNKS
+            .iter()
+            .copied()
+            .find(|&c| c <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        let (head, tail_sql) = insert.split_once('|').unwrap_or((insert, ""));
+        let sql = format!(
+            "{head} VALUES {}{tail_sql}",
+            placeholders(backend, size, cols)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut **tx).await?;
+        rest = tail;
+    }
+    Ok(())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -379,16 +437,10 @@ impl Store {
     ) -> Result<HashMap<(String, String), KnownAlert>, StoreError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(500) {
-            let mut sql = String::from(
-                "SELECT publisher, alert_id, envelope_hash, receipt FROM alerts WHERE (publisher, alert_id) IN (",
+            let sql = format!(
+                "SELECT publisher, alert_id, envelope_hash, receipt FROM alerts WHERE (publisher, alert_id) IN ({})",
+                placeholders(self.backend, chunk.len(), 2)
             );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-            }
-            sql.push(')');
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (publisher, alert_id) in chunk {
                 q = q.bind(publisher.clone()).bind(alert_id.clone());
@@ -412,17 +464,16 @@ impl Store {
         if c.is_empty() {
             return Ok(());
         }
-        let max_binds = self.backend.max_binds();
+        let b = self.backend;
         let mut tx = self.pool.begin().await?;
-        for chunk in c.alerts.chunks(max_binds / 11) {
-            let sql = format!(
-                "INSERT INTO alerts ({ALERT_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 11)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                q = q
-                    .bind(a.publisher.clone())
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO alerts ({ALERT_COLUMNS})"),
+            11,
+            &c.alerts,
+            |q, a| {
+                q.bind(a.publisher.clone())
                     .bind(a.alert_id.clone())
                     .bind(a.envelope_hash.clone())
                     .bind(a.alert_type.clone())
@@ -432,19 +483,18 @@ impl Store {
                     .bind(a.policy_version.clone())
                     .bind(a.signed_envelope.clone())
                     .bind(a.content.clone())
-                    .bind(a.receipt.clone());
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for chunk in c.audit.chunks(max_binds / 21) {
-            let sql = format!(
-                "INSERT INTO audit_entries ({AUDIT_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 21)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for e in chunk {
-                q = q
-                    .bind(to_i64(e.index))
+                    .bind(a.receipt.clone())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO audit_entries ({AUDIT_COLUMNS})"),
+            21,
+            &c.audit,
+            |q, e| {
+                q.bind(to_i64(e.index))
                     .bind(e.kind.as_str())
                     .bind(e.at_ms)
                     .bind(e.alert_id.clone())
@@ -464,19 +514,18 @@ impl Store {
                     .bind(e.reason_code.clone())
                     .bind(e.reason.clone())
                     .bind(json_list(&e.subject_hashes))
-                    .bind(e.leaf_hash().to_vec());
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for chunk in c.deliveries.chunks(max_binds / 9) {
-            let sql = format!(
-                "INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 9)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for d in chunk {
-                q = q
-                    .bind(d.share_id.clone())
+                    .bind(e.leaf_hash().to_vec())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO deliveries ({DELIVERY_COLUMNS})"),
+            9,
+            &c.deliveries,
+            |q, d| {
+                q.bind(d.share_id.clone())
                     .bind(d.recipient.clone())
                     .bind(d.alert_id.clone())
                     .bind(d.publisher.clone())
@@ -484,44 +533,60 @@ impl Store {
                     .bind(d.topic.clone())
                     .bind(to_i64(d.audit_idx))
                     .bind(d.payload.clone())
-                    .bind(d.created_at_ms);
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(d.created_at_ms)
+            },
+        )
+        .await?;
+        // Acknowledgements: the signed messages once each, a row per share,
+        // and the shares marked in bulk.
+        let mut messages: Vec<(&str, &[u8])> = Vec::new();
         for a in &c.acks {
-            sqlx::query(
-                "UPDATE deliveries SET acked_at_ms = $1, ack_audit_idx = $2, ack_message = $3 WHERE share_id = $4 AND recipient = $5 AND acked_at_ms IS NULL",
-            )
-            .bind(a.acked_at_ms)
-            .bind(to_i64(a.ack_audit_idx))
-            .bind(a.ack_message.clone())
-            .bind(a.share_id.clone())
-            .bind(a.recipient.clone())
-            .execute(&mut *tx)
-            .await?;
+            if !messages.iter().any(|(h, _)| *h == a.message_hash) {
+                messages.push((&a.message_hash, &a.ack_message));
+            }
         }
-        for chunk in c.tree_hashes.chunks(max_binds / 2) {
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO ack_messages (message_hash, message)| ON CONFLICT (message_hash) DO NOTHING",
+            2,
+            &messages,
+            |q, (hash, message)| q.bind(hash.to_string()).bind(message.to_vec()),
+        )
+        .await?;
+        insert_rows(&mut tx, b, "INSERT INTO acks (share_id, recipient, acked_at_ms, ack_audit_idx, message_hash)| ON CONFLICT (share_id) DO NOTHING", 5, &c.acks, |q, a| {
+            q.bind(a.share_id.clone())
+                .bind(a.recipient.clone())
+                .bind(a.acked_at_ms)
+                .bind(to_i64(a.ack_audit_idx))
+                .bind(a.message_hash.clone())
+        })
+        .await?;
+        for chunk in c.acks.chunks(256) {
             let sql = format!(
-                "INSERT INTO tree_hashes (idx, hash) VALUES {}",
-                placeholders(chunk.len(), 2)
+                "UPDATE deliveries SET acked_at_ms = {} WHERE share_id IN {} AND acked_at_ms IS NULL",
+                placeholders(b, 1, 1).trim_matches(|c| c == '(' || c == ')'),
+                placeholders_after(b, 1, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (idx, hash) in chunk {
-                q = q.bind(to_i64(*idx)).bind(hash.to_vec());
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(chunk[0].acked_at_ms);
+            for a in chunk {
+                q = q.bind(a.share_id.clone());
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in c.subjects.chunks(max_binds / 2) {
-            let sql = format!(
-                "INSERT INTO audit_subjects (subject_hash, idx) VALUES {}",
-                placeholders(chunk.len(), 2)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (hash, idx) in chunk {
-                q = q.bind(hash.clone()).bind(to_i64(*idx));
-            }
-            q.execute(&mut *tx).await?;
-        }
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO tree_hashes (idx, hash)",
+            2,
+            &c.tree_hashes,
+            |q, (idx, hash)| q.bind(to_i64(*idx)).bind(hash.to_vec()),
+        )
+        .await?;
+        insert_rows(&mut tx, b, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
+            q.bind(hash.clone()).bind(to_i64(*idx))
+        })
+        .await?;
         if let Some(p) = &c.policy {
             sqlx::query(
                 "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
@@ -578,11 +643,8 @@ impl Store {
     pub async fn tree_hashes(&self, indexes: &[u64]) -> Result<HashMap<u64, [u8; 32]>, StoreError> {
         let mut out = HashMap::new();
         for chunk in indexes.chunks(500) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("SELECT idx, hash FROM tree_hashes WHERE idx IN ({list})");
+            let list = placeholders(self.backend, 1, chunk.len());
+            let sql = format!("SELECT idx, hash FROM tree_hashes WHERE idx IN {list}");
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for i in chunk {
                 q = q.bind(to_i64(*i));
@@ -822,12 +884,14 @@ impl Store {
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let mut out = Vec::new();
         for chunk in share_ids.chunks(500) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
+            // The recipient is the first value, then the share ids.
+            let all = placeholders(self.backend, 1, chunk.len() + 1);
+            let (first, rest) = all
+                .trim_matches(|c| c == '(' || c == ')')
+                .split_once(", ")
+                .unwrap_or(("?", ""));
             let sql = format!(
-                "SELECT share_id, alert_id, publisher, topic FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND share_id IN ({list})"
+                "SELECT share_id, alert_id, publisher, topic FROM deliveries WHERE recipient = {first} AND acked_at_ms IS NULL AND share_id IN ({rest})"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(recipient.to_string());
             for id in chunk {
@@ -982,6 +1046,10 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_row_major() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Backend::Sqlite, 1, 2), "(?, ?)");
     }
 }

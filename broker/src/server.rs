@@ -523,7 +523,8 @@ async fn timers(
 
 /// Pings the database every second and reports every change of state: the
 /// broker fails closed while it is down (nothing is answered that could not
-/// be recorded) and resumes by itself when it is back.
+/// be recorded) and resumes by itself when it is back. While it is up, the
+/// same tick checkpoints SQLite's write-ahead log, so that commits never do.
 async fn watch_database(
     store: Store,
     health: watch::Sender<DatabaseHealth>,
@@ -547,6 +548,9 @@ async fn watch_database(
             Ok(()) => {
                 if was_down {
                     info!("database is back: accepting alerts again");
+                }
+                if let Err(e) = store.checkpoint_wal().await {
+                    warn!(error = %e, "write-ahead log checkpoint failed (commits will do it)");
                 }
                 metrics.database_up.set(1);
                 health.send_replace(DatabaseHealth::default());

@@ -27,7 +27,8 @@ fn per_second(ms: u64, mut f: impl FnMut()) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-pub async fn run() -> Result<()> {
+/// Prints the measurements; returns the estimated ceiling on two cores in alerts/s.
+pub async fn run() -> Result<f64> {
     let key = SigningKey::from_bytes(&[1; 32]);
     let fields = match json!({
         "subject_personnummer": "19121212-1212", "subject_kommunkod": "0580", "benefit": "sjukpenning",
@@ -167,5 +168,5 @@ pub async fn run() -> Result<()> {
         1.0 / (crypto + other + db),
         2.0 / (crypto + other + db)
     );
-    Ok(())
+    Ok(2.0 / (crypto + other + db))
 }

@@ -60,9 +60,12 @@ struct RunArgs {
     /// Alerts per second in total; 0 = as fast as the server answers.
     #[arg(long, default_value_t = 0)]
     rate: u32,
-    /// Seconds of load.
+    /// Seconds of load measured.
     #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// Seconds of load before measuring (connections, caches, first batches).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
     /// Alerts in flight per publisher (flat out).
     #[arg(long, default_value_t = 128)]
     window: usize,
@@ -124,6 +127,20 @@ pub struct Report {
     connection_errors: u64,
     refusals: std::collections::BTreeMap<String, u64>,
     broker: Option<Internals>,
+    /// Every ten seconds: throughput, CPU and memory (a soak's trend).
+    timeline: Vec<TimelinePoint>,
+}
+
+/// Seconds between timeline points.
+const TIMELINE_STEP_S: u64 = 10;
+
+/// Throughput, CPU and memory over the last timeline step.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    at_s: f64,
+    alerts_per_s: f64,
+    server_cpu_cores: f64,
+    server_rss_mb: f64,
 }
 
 async fn run(args: RunArgs) -> Result<Report> {
@@ -218,8 +235,10 @@ async fn run(args: RunArgs) -> Result<Report> {
         ))),
     }
 
-    // Warm up for a second, then measure over the run.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Warm up, then measure over the run.
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    counters.receipt_latency.reset();
+    counters.delivery_latency.reset();
     let start = stats::sample(pid).unwrap_or_default();
     let (sent0, acc0, del0) = (
         counters.sent.load(Ordering::Relaxed),
@@ -228,10 +247,23 @@ async fn run(args: RunArgs) -> Result<Report> {
     );
     let t0 = Instant::now();
     let mut peak_rss = start.rss_bytes;
+    let mut timeline = Vec::new();
+    let mut last = (t0, start, acc0);
     while t0.elapsed() < Duration::from_secs(args.duration) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(s) = stats::sample(pid) {
             peak_rss = peak_rss.max(s.rss_bytes);
+            if last.0.elapsed() >= Duration::from_secs(TIMELINE_STEP_S) {
+                let accepted = counters.accepted.load(Ordering::Relaxed);
+                let span = last.0.elapsed().as_secs_f64();
+                timeline.push(TimelinePoint {
+                    at_s: t0.elapsed().as_secs_f64().round(),
+                    alerts_per_s: (accepted - last.2) as f64 / span,
+                    server_cpu_cores: (s.cpu_seconds - last.1.cpu_seconds) / span,
+                    server_rss_mb: s.rss_bytes as f64 / 1_048_576.0,
+                });
+                last = (Instant::now(), s, accepted);
+            }
         }
         if pubs.iter().all(|p| p.is_finished()) {
             break;
@@ -293,6 +325,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             .map(|m| m.clone().into_iter().collect())
             .unwrap_or_default(),
         broker: internals,
+        timeline,
     })
 }
 
@@ -383,6 +416,18 @@ fn print(report: &Report) {
             }
         );
     }
+    if report.timeline.len() >= 3 {
+        let rss: Vec<String> = report
+            .timeline
+            .iter()
+            .map(|p| format!("{:.0}", p.server_rss_mb))
+            .collect();
+        println!(
+            "  RSS every {TIMELINE_STEP_S} s (MB): {}; trend over the second half {:+.2} MB/min",
+            rss.join(" "),
+            rss_trend_mb_per_min(&report.timeline)
+        );
+    }
     if !report.refusals.is_empty() {
         println!("  refusals     {:?}", report.refusals);
     }
@@ -392,6 +437,21 @@ fn print(report: &Report) {
             report.missing_receipts, report.connection_errors
         );
     }
+}
+
+/// Least-squares slope of RSS over the second half of the run: a leak
+/// shows as a steady positive trend once caches and queues have filled.
+fn rss_trend_mb_per_min(timeline: &[TimelinePoint]) -> f64 {
+    let half = &timeline[timeline.len() / 2..];
+    let n = half.len() as f64;
+    let mean_t = half.iter().map(|p| p.at_s).sum::<f64>() / n;
+    let mean_r = half.iter().map(|p| p.server_rss_mb).sum::<f64>() / n;
+    let cov: f64 = half
+        .iter()
+        .map(|p| (p.at_s - mean_t) * (p.server_rss_mb - mean_r))
+        .sum();
+    let var: f64 = half.iter().map(|p| (p.at_s - mean_t).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { 60.0 * cov / var }
 }
 
 fn write_json(path: &Option<PathBuf>, reports: &[Report]) -> Result<()> {
@@ -406,7 +466,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::ServeRumqttd { port, certs } => targets::serve_rumqttd(port, &certs),
-        Command::Ceiling => ceiling::run().await,
+        Command::Ceiling => ceiling::run().await.map(|_| ()),
         Command::Run(args) => {
             let json = args.json.clone();
             let report = run(args).await?;
@@ -420,10 +480,12 @@ async fn main() -> Result<()> {
                 shape: Shape::Mixed,
                 rate: 0,
                 duration,
+                warmup: 2,
                 window: 128,
                 idle: 0,
                 json: None,
             };
+            let ceiling = ceiling::run().await?;
             let mut plan = vec![
                 RunArgs {
                     shape: Shape::Mixed,
@@ -473,6 +535,14 @@ async fn main() -> Result<()> {
                 })
             };
             println!("\n== ratios (flat out)");
+            if let Some(sv) = find(Target::Samverkan, Shape::Mixed, 0) {
+                println!(
+                    "  samverkan mixed alerts/s ÷ CPU ceiling estimate   = {:.2}   ({:.0} of {:.0} alerts/s)",
+                    sv.alerts_per_s / ceiling.max(1.0),
+                    sv.alerts_per_s,
+                    ceiling
+                );
+            }
             if let (Some(sv), Some(mq)) = (
                 find(Target::Samverkan, Shape::OneToThree, 0),
                 find(Target::Mosquitto, Shape::OneToThree, 0),

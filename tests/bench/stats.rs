@@ -27,6 +27,13 @@ impl Latency {
         }
     }
 
+    /// Forgets what was recorded (at the end of the warm-up).
+    pub fn reset(&self) {
+        if let Ok(mut h) = self.0.lock() {
+            h.reset();
+        }
+    }
+
     /// p50, p99, p99.9 and max in milliseconds.
     pub fn summary(&self) -> LatencySummary {
         let h = self

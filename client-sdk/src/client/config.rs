@@ -63,6 +63,11 @@ pub struct AgencyConfig {
     pub receipt_timeout: Duration,
     /// How long a publish may take in total, resends included.
     pub publish_deadline: Duration,
+    /// Whether a publish refused for exceeding the agency's publish limit is
+    /// sent again when the broker says it may (within `publish_deadline`);
+    /// when false the refusal is returned at once, for callers that pace
+    /// themselves.
+    pub wait_when_rate_limited: bool,
     /// How long connecting (and subscribing) may take.
     pub connect_timeout: Duration,
     /// Largest MQTT packet sent or accepted, in bytes.
@@ -81,6 +86,7 @@ impl fmt::Debug for AgencyConfig {
             .field("agency_keys", &self.agency_keys.len())
             .field("receipt_timeout", &self.receipt_timeout)
             .field("publish_deadline", &self.publish_deadline)
+            .field("wait_when_rate_limited", &self.wait_when_rate_limited)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_packet_size", &self.max_packet_size)
             .finish_non_exhaustive()
@@ -125,6 +131,7 @@ impl AgencyConfig {
             agency_keys,
             receipt_timeout: Self::DEFAULT_RECEIPT_TIMEOUT,
             publish_deadline: Self::DEFAULT_PUBLISH_DEADLINE,
+            wait_when_rate_limited: true,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             max_packet_size: Self::DEFAULT_MAX_PACKET_SIZE,
         };

@@ -98,6 +98,7 @@ pub struct Client {
     task: Option<JoinHandle<()>>,
     receipt_timeout: Duration,
     publish_deadline: Duration,
+    wait_when_rate_limited: bool,
     connect_timeout: Duration,
     max_packet_size: usize,
 }
@@ -277,6 +278,7 @@ impl Client {
             task: None,
             receipt_timeout: config.receipt_timeout,
             publish_deadline: config.publish_deadline,
+            wait_when_rate_limited: config.wait_when_rate_limited,
             connect_timeout: config.connect_timeout,
             max_packet_size: config.max_packet_size,
         }
@@ -385,6 +387,7 @@ impl Client {
                                 let retry = receipt
                                     .rejection
                                     .as_ref()
+                                    .filter(|_| self.wait_when_rate_limited)
                                     .filter(|r| r.code == "rate_limited")
                                     .and_then(|r| r.retry_after_ms)
                                     .map(|ms| Instant::now() + Duration::from_millis(ms.clamp(1, 60_000)))

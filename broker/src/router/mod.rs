@@ -21,6 +21,12 @@
 //! the permitted disclosures plus a broker-signed stamp) and the
 //! broker-signed receipts. If the database fails, nothing of the batch is
 //! sent: publishers get no receipt and resend (fail closed).
+//!
+//! Two batches overlap: while one commits (in a task of its own, which
+//! then sends its answers), the next is checked and decided on a blocking
+//! thread ([`decide`]). Only one batch is ever in flight, so answers stay in
+//! order and memory stays bounded; a batch built on one that then fails to
+//! commit is dropped unanswered, and the appender's state is reread.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -31,33 +37,28 @@ use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
-use samverkan_sdk::envelope::{Envelope, EnvelopeError};
-use samverkan_sdk::messages::{
-    self, Ack, Delivery, DenialReceipt, Receipt, ReceiptStatus, Rejection, ReplayRequest,
-    ShareReceipt, ShareStamp, Signed,
-};
+use samverkan_sdk::envelope::Envelope;
+use samverkan_sdk::messages::{self, Ack, ReplayRequest, Signed};
 use samverkan_sdk::time::Clock;
 use samverkan_sdk::topics::{self, BrokerTopic};
-use samverkan_sdk::{VerifiedAlert, names};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::Value;
 use sha2::Digest as _;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+mod decide;
+
+use self::decide::{Arrived, Decider, b64, take_index};
+
 use crate::audit::subject::SubjectHasher;
 use crate::audit::tree::Frontier;
-use crate::audit::{AuditEntry, EntryKind, disclosed_digest};
+use crate::audit::{AuditEntry, EntryKind};
 use crate::config::AuditSettings;
 use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
-use crate::policy::{Decision, DecisionInput, PolicyHandle, PolicySet};
+use crate::policy::{PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
-use crate::store::{
-    AckUpdate, AlertRow, Commit, DeliveryRow, Purge, Store, StoreError, StoredCheckpoint,
-};
+use crate::store::{AckUpdate, Commit, KnownAlert, Purge, Store, StoreError, StoredCheckpoint};
 
 /// The topic filters the router subscribes to.
 pub const ROUTER_FILTERS: [&str; 3] = ["/tenants/+/out/#", "/tenants/+/acks", "/tenants/+/replay"];
@@ -138,46 +139,10 @@ enum Inbound {
     },
 }
 
-/// An alert that passed every check.
-struct Accepted {
-    tenant: String,
-    alert: VerifiedAlert,
-    envelope_hash: String,
-    decision: Decision,
-}
-
-/// An alert that was refused, with whatever could be read of it.
-#[derive(Default)]
-struct Rejected {
-    tenant: String,
-    alert_id: Option<String>,
-    topic: Option<String>,
-    alert_type: Option<String>,
-    envelope_hash: Option<String>,
-    signature: Option<String>,
-    code: String,
-    message: String,
-    retry_after_ms: Option<u64>,
-}
-
-enum Outcome {
-    Accepted(Box<Accepted>),
-    Rejected(Box<Rejected>),
-    /// Already accepted earlier: resend the stored receipt.
-    Resend {
-        tenant: String,
-        receipt: Vec<u8>,
-    },
-    /// Same as an earlier alert of this batch (by position).
-    SameAs {
-        tenant: String,
-        index: usize,
-    },
-}
-
 /// Hands messages to rumqttd from a thread of its own: rumqttd's `LinkTx`
 /// blocks while rumqttd's router is busy, which must not stall the async
 /// runtime. Order is kept; a full queue makes the router wait (back-pressure).
+#[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<(String, Vec<u8>)>,
 }
@@ -236,7 +201,7 @@ pub struct Router {
     signer: Arc<BrokerSigner>,
     settings: RouterSettings,
     clock: Arc<dyn Clock>,
-    limits: PublishLimits,
+    limits: Arc<PublishLimits>,
     limits_version: String,
     recorded_policy: Option<String>,
     replays: DefaultKeyedRateLimiter<String>,
@@ -245,42 +210,36 @@ pub struct Router {
     commands: mpsc::Receiver<RouterCommand>,
     audit: AuditSettings,
     subjects: SubjectHasher,
+    /// The tree as it will be once every batch built so far has committed.
     frontier: Frontier,
+    /// The tree as committed (what checkpoints sign).
+    committed: Frontier,
     checkpointed: Option<u64>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The batch whose transaction runs while the next one is prepared.
+    in_flight: Option<InFlight>,
 }
 
-fn reject(tenant: &str, code: &str, message: impl Into<String>) -> Rejected {
-    Rejected {
-        tenant: tenant.to_string(),
-        code: code.to_string(),
-        message: message.into(),
-        ..Default::default()
-    }
+/// A batch being committed by a task of its own, which sends the batch's
+/// deliveries and receipts once the transaction has committed. The router
+/// meanwhile checks and decides the next batch (signatures, policy,
+/// signing), so that CPU work and the database's commit overlap; at most
+/// one batch is in flight, which keeps answers in order and memory bounded.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    /// Its accepted alerts by (publisher, alert id), so that a resend
+    /// arriving meanwhile is answered like one of a committed alert.
+    alerts: HashMap<(String, String), KnownAlert>,
+    /// The shares it records as acknowledged.
+    acked: std::collections::HashSet<String>,
+    /// The tree after it.
+    frontier: Frontier,
 }
 
-/// Reads just the alert id of an envelope (for receipts of refused alerts).
-fn peek_alert_id(payload: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Peek {
-        header: PeekHeader,
-        #[serde(flatten)]
-        _rest: HashMap<String, IgnoredAny>,
-    }
-    #[derive(Deserialize)]
-    struct PeekHeader {
-        alert_id: String,
-        #[serde(flatten)]
-        _rest: HashMap<String, IgnoredAny>,
-    }
-    let peek: Peek = serde_json::from_slice(payload).ok()?;
-    names::validate_alert_id(&peek.header.alert_id).ok()?;
-    Some(peek.header.alert_id)
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+/// What a committed batch sends, in this order.
+struct Answers {
+    deliveries: Vec<(String, Vec<u8>)>,
+    receipts: Vec<(String, Vec<u8>)>,
 }
 
 impl Router {
@@ -308,7 +267,7 @@ impl Router {
             signer,
             settings,
             clock,
-            limits,
+            limits: Arc::new(limits),
             limits_version: current.version().to_string(),
             recorded_policy: None,
             replays: RateLimiter::keyed(quota),
@@ -318,13 +277,16 @@ impl Router {
             audit,
             subjects,
             frontier: Frontier::empty(),
+            committed: Frontier::empty(),
             checkpointed: None,
             metrics,
+            in_flight: None,
         }
     }
 
     /// Reads the appender's state (next index, tree frontier, last
     /// checkpoint) from the database, after start-up or a failed commit.
+    /// Never called with a batch in flight.
     async fn sync(&mut self) -> Result<(), StoreError> {
         if !self.resync {
             return Ok(());
@@ -333,15 +295,16 @@ impl Router {
         let frontier = Frontier::load(&self.store, next).await?;
         let checkpointed = self.store.latest_checkpoint().await?.map(|c| c.size);
         self.next_index = next;
+        self.committed = frontier.clone();
         self.frontier = frontier;
         self.checkpointed = checkpointed;
         self.resync = false;
         Ok(())
     }
 
-    /// Appends the commit's entries to the tree and writes everything in one
-    /// transaction; the router's state moves on only if it committed.
-    async fn finish(&mut self, mut commit: Commit, next: u64) -> Result<(), StoreError> {
+    /// Appends the commit's entries to a copy of the tree, recording the
+    /// new stored hashes in the commit; returns the tree after them.
+    fn grow_tree(&mut self, commit: &mut Commit) -> Result<Frontier, StoreError> {
         let mut frontier = self.frontier.clone();
         for entry in &commit.audit {
             if entry.index != frontier.size() {
@@ -356,32 +319,93 @@ impl Router {
                 .tree_hashes
                 .extend(frontier.append(entry.leaf_hash()));
         }
-        let started = Instant::now();
-        if let Err(e) = self.store.commit(&commit).await {
+        Ok(frontier)
+    }
+
+    /// Writes a commit made outside the batch pipeline (policy, purge) in one
+    /// transaction and waits for it; the router's state moves on only if it
+    /// committed. Never called with a batch in flight.
+    async fn finish(&mut self, mut commit: Commit, next: u64) -> Result<(), StoreError> {
+        let frontier = self.grow_tree(&mut commit)?;
+        if let Err(e) = commit_counted(&self.store, &self.metrics, &commit, next).await {
             self.resync = true;
-            self.metrics.failed_commits.inc();
             return Err(e);
         }
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        for entry in &commit.audit {
-            match entry.kind {
-                EntryKind::Share => self.metrics.shares.inc(),
-                EntryKind::Denial => self.metrics.denials.inc(),
-                EntryKind::Ack => self.metrics.acks.inc(),
-                _ => 0,
-            };
-        }
         self.next_index = next;
+        self.committed = frontier.clone();
         self.frontier = frontier;
-        self.metrics
-            .audit_entries
-            .set(i64::try_from(next).unwrap_or(i64::MAX));
         Ok(())
     }
 
+    /// Waits for the batch in flight. False if it did not commit: its
+    /// answers were never sent, and whatever was built on it is void.
+    async fn settle(&mut self) -> bool {
+        let Some(in_flight) = self.in_flight.take() else {
+            return true;
+        };
+        let failure = match in_flight.task.await {
+            Ok(Ok(())) => {
+                self.committed = in_flight.frontier;
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the commit task ended abnormally: {e}"),
+        };
+        error!(error = %failure, "commit failed: nothing of that batch was answered (publishers will resend)");
+        // The appender's state is reread before the next batch; the policy
+        // in force is recorded again with it.
+        self.resync = true;
+        self.recorded_policy = None;
+        false
+    }
+
+    /// Starts committing `commit` in a task of its own, which sends
+    /// `answers` once it has committed.
+    fn launch(&mut self, commit: Commit, next: u64, frontier: Frontier, answers: Answers) {
+        let alerts = commit
+            .alerts
+            .iter()
+            .map(|a| {
+                (
+                    (a.publisher.clone(), a.alert_id.clone()),
+                    KnownAlert {
+                        envelope_hash: a.envelope_hash.clone(),
+                        receipt: a.receipt.clone(),
+                    },
+                )
+            })
+            .collect();
+        let acked = commit.acks.iter().map(|a| a.share_id.clone()).collect();
+        let (store, metrics, outbox) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.outbox.clone(),
+        );
+        let task = tokio::spawn(async move {
+            commit_counted(&store, &metrics, &commit, next).await?;
+            drop(commit);
+            for (topic, payload) in answers.deliveries {
+                outbox.send(topic, payload).await;
+            }
+            for (tenant, receipt) in answers.receipts {
+                outbox.send(topics::receipts(&tenant), receipt).await;
+            }
+            Ok(())
+        });
+        self.next_index = next;
+        self.frontier = frontier.clone();
+        self.in_flight = Some(InFlight {
+            task,
+            alerts,
+            acked,
+            frontier,
+        });
+    }
+
     async fn handle(&mut self, command: RouterCommand) {
+        if !self.settle().await {
+            warn!("a command waits for the database after a failed commit");
+        }
         match command {
             RouterCommand::Checkpoint { done } => {
                 let result = self.checkpoint().await;
@@ -453,7 +477,7 @@ impl Router {
                 continue;
             }
             let mut entry = AuditEntry::new(EntryKind::KeyRevoked, now);
-            entry.index = self.take_index(&mut next);
+            entry.index = take_index(&mut next);
             entry.publisher = Some(key.owner.clone());
             entry.policy_version = Some(policy.version().to_string());
             entry.reason_code = Some("key_revoked".into());
@@ -484,12 +508,12 @@ impl Router {
     /// unless the last one already covers every entry.
     async fn checkpoint(&mut self) -> Result<u64, String> {
         self.sync().await.map_err(|e| e.to_string())?;
-        let size = self.frontier.size();
+        let size = self.committed.size();
         if self.checkpointed == Some(size) {
             return Ok(size);
         }
         let now = self.clock.now_ms();
-        let root = self.frontier.root();
+        let root = self.committed.root();
         let note = self
             .signer
             .sign_checkpoint(&self.audit.origin, size, &root, now)
@@ -536,7 +560,7 @@ impl Router {
                 cutoff_ms: cutoff,
             });
             let mut entry = AuditEntry::new(EntryKind::RetentionPurge, now);
-            entry.index = self.take_index(&mut next);
+            entry.index = take_index(&mut next);
             entry.alert_type = Some(alert_type.clone());
             entry.policy_version = Some(policy.version().to_string());
             entry.reason_code = Some("retention".into());
@@ -583,6 +607,7 @@ impl Router {
         if !rest.is_empty() {
             self.process(rest).await;
         }
+        self.settle().await;
         if let Err(e) = self.checkpoint().await {
             warn!(error = %e, "no final checkpoint at shutdown");
         }
@@ -590,153 +615,11 @@ impl Router {
         Ok(())
     }
 
-    /// Checks one alert; no database access.
-    /// `parsed` is the payload parsed as an envelope, unless it was too large to parse.
-    fn evaluate(
-        &self,
-        policy: &PolicySet,
-        tenant: &str,
-        logical: &str,
-        payload: &[u8],
-        parsed: Option<Result<Envelope, EnvelopeError>>,
-        now: i64,
-    ) -> Outcome {
-        // A refusal names the alert when it can be read, so that the
-        // publisher's SDK can match the receipt to what it sent.
-        let refused = |mut r: Rejected| {
-            if r.envelope_hash.is_none() {
-                match parsed.as_ref().map(|p| p.as_ref()) {
-                    Some(Ok(envelope)) => {
-                        let h = &envelope.header;
-                        r.alert_id = Some(h.alert_id.clone())
-                            .filter(|id| names::validate_alert_id(id).is_ok());
-                        r.topic = Some(logical.to_string())
-                            .filter(|t| names::validate_logical_topic(t).is_ok());
-                        r.alert_type = Some(h.alert_type.clone())
-                            .filter(|t| names::validate_alert_type(t).is_ok());
-                        r.envelope_hash = Some(messages::envelope_hash(envelope));
-                        r.signature = Some(b64(&envelope.signature.0));
-                    }
-                    _ => r.alert_id = peek_alert_id(payload),
-                }
-            }
-            Outcome::Rejected(Box::new(r))
-        };
-        if payload.len() > self.settings.max_payload_bytes {
-            return refused(reject(
-                tenant,
-                "payload_too_large",
-                format!(
-                    "the alert is {} bytes; at most {} are accepted",
-                    payload.len(),
-                    self.settings.max_payload_bytes
-                ),
-            ));
-        }
-        if let Err(e) = names::validate_logical_topic(logical) {
-            return refused(reject(tenant, "invalid_topic", e.to_string()));
-        }
-        if let Err(wait) = self.limits.check(tenant) {
-            let mut r = reject(
-                tenant,
-                "rate_limited",
-                format!("`{tenant}` exceeds its publish limit; retry later"),
-            );
-            r.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-            return refused(r);
-        }
-        let envelope = match parsed.clone() {
-            Some(Ok(e)) => e,
-            Some(Err(e)) => return refused(reject(tenant, e.code(), e.to_string())),
-            None => {
-                return refused(reject(
-                    tenant,
-                    "malformed_envelope",
-                    "not parsed".to_string(),
-                ));
-            }
-        };
-        let h = &envelope.header;
-        let base = |code: &str, message: String| Rejected {
-            tenant: tenant.to_string(),
-            alert_id: Some(h.alert_id.clone()).filter(|id| names::validate_alert_id(id).is_ok()),
-            topic: Some(logical.to_string()),
-            alert_type: Some(h.alert_type.clone())
-                .filter(|t| names::validate_alert_type(t).is_ok()),
-            envelope_hash: Some(messages::envelope_hash(&envelope)),
-            signature: Some(b64(&envelope.signature.0)),
-            code: code.to_string(),
-            message,
-            retry_after_ms: None,
-        };
-        if h.publisher != tenant {
-            return refused(base(
-                "publisher_mismatch",
-                format!(
-                    "the envelope names `{}` as publisher but arrived from `{tenant}`",
-                    names_or_escaped(&h.publisher)
-                ),
-            ));
-        }
-        if h.topic != logical {
-            return refused(base(
-                "topic_mismatch",
-                "the signed topic differs from the topic the alert was published on".into(),
-            ));
-        }
-        if let Err(e) = h.check_clock_skew(now, self.settings.max_clock_skew_ms) {
-            return refused(base(e.code(), e.to_string()));
-        }
-        let alert = match envelope.verify(policy.keys()) {
-            Ok(a) => a,
-            Err(e) => return refused(base(e.code(), e.to_string())),
-        };
-        // A key revoked now is refused even for an alert signed just before.
-        if let Some(key) = policy
-            .keys()
-            .keys_of(tenant)
-            .find(|k| k.key_id == alert.header().key_id)
-            && let Err(e) = key.check_at(now)
-        {
-            let e = EnvelopeError::from(e);
-            return refused(base(e.code(), e.to_string()));
-        }
-        let Some(schema) = policy.alert_type(&h.alert_type) else {
-            return refused(base(
-                "unknown_alert_type",
-                format!("`{}` is not an alert type of the policy", h.alert_type),
-            ));
-        };
-        let fields = alert.fields();
-        if let Err(problems) = schema.validate(&Value::Object(fields.clone())) {
-            return refused(base("schema_violation", problems.join("; ")));
-        }
-        let decision = policy.decide(&DecisionInput {
-            publisher: tenant,
-            topic: logical,
-            alert_type: &h.alert_type,
-            fields: &fields,
-            to: h.to.as_deref(),
-        });
-        Outcome::Accepted(Box::new(Accepted {
-            tenant: tenant.to_string(),
-            envelope_hash: messages::envelope_hash(&envelope),
-            alert,
-            decision,
-        }))
-    }
-
     fn refresh_limits(&mut self, policy: &PolicySet) {
         if policy.version() != self.limits_version {
-            self.limits = PublishLimits::from_policy(policy);
+            self.limits = Arc::new(PublishLimits::from_policy(policy));
             self.limits_version = policy.version().to_string();
         }
-    }
-
-    fn take_index(&self, next: &mut u64) -> u64 {
-        let i = *next;
-        *next += 1;
-        i
     }
 
     async fn process(&mut self, batch: Vec<Inbound>) {
@@ -749,7 +632,7 @@ impl Router {
         self.refresh_limits(&policy);
         let mut next = self.next_index;
         let mut commit = Commit::default();
-        let mut publish: Vec<(String, Vec<u8>)> = Vec::new();
+        let messages = batch.len();
 
         if self.recorded_policy.as_deref() != Some(policy.version()) {
             match self
@@ -775,126 +658,51 @@ impl Router {
                     logical,
                     payload,
                 } => {
-                    // Even an oversized alert is parsed (rumqttd bounds packets
-                    // at 16 MiB), so that its refusal can name it.
-                    let parsed = Some(Envelope::from_json(&payload));
-                    alerts.push((tenant, logical, payload, parsed));
+                    let parsed = Envelope::from_json(&payload);
+                    alerts.push(Arrived {
+                        tenant,
+                        logical,
+                        payload,
+                        parsed,
+                    });
                 }
                 Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
                 Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
             }
         }
-
-        // An exact resend of an alert accepted earlier gets its receipt again
-        // before any other check: it was verified and decided then, and a
-        // later clock, limit, key or policy must not turn it into a refusal.
-        let resend_keys: Vec<(String, String)> = alerts
-            .iter()
-            .filter_map(|(tenant, _, _, parsed)| match parsed {
-                Some(Ok(e)) => Some((tenant.clone(), e.header.alert_id.clone())),
-                _ => None,
-            })
-            .collect();
-        let earlier = match self.store.known_alerts(&resend_keys).await {
+        let keys: Vec<(String, String)> = alerts.iter().filter_map(Arrived::key).collect();
+        let known = match self.known_alerts(&keys).await {
             Ok(k) => k,
             Err(e) => {
                 error!(error = %e, "database unavailable: batch dropped (fail closed)");
                 return;
             }
         };
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(alerts.len());
-        for (tenant, logical, payload, parsed) in alerts {
-            if let Some(Ok(envelope)) = &parsed
-                && let Some(k) = earlier.get(&(tenant.clone(), envelope.header.alert_id.clone()))
-                && k.envelope_hash == messages::envelope_hash(envelope)
-            {
-                outcomes.push(Outcome::Resend {
-                    tenant,
-                    receipt: k.receipt.clone(),
-                });
-                continue;
-            }
-            outcomes.push(self.evaluate(&policy, &tenant, &logical, &payload, parsed, now));
-        }
 
-        // Resends: by (publisher, alert id), against the store and within the batch.
-        let keys: Vec<(String, String)> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Accepted(a) => Some((a.tenant.clone(), a.alert.header().alert_id.clone())),
-                _ => None,
-            })
-            .collect();
-        let known = match self.store.known_alerts(&keys).await {
-            Ok(k) => k,
+        // Signatures, policy and broker signatures on a blocking thread, so
+        // that the batch in flight commits and connections are served meanwhile.
+        let decider = Decider {
+            policy: policy.clone(),
+            settings: self.settings.clone(),
+            limits: self.limits.clone(),
+            signer: self.signer.clone(),
+            subjects: self.subjects.clone(),
+            now,
+        };
+        let decided = tokio::task::spawn_blocking(move || {
+            let decided = decider.decide(alerts, &known, &mut next, &mut commit);
+            (decided, next, commit)
+        })
+        .await;
+        let (decided, decided_next, decided_commit) = match decided {
+            Ok(d) => d,
             Err(e) => {
-                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                error!(error = %e, "deciding a batch failed: nothing of it is answered (publishers will resend)");
                 return;
             }
         };
-        let mut first_in_batch: HashMap<(String, String), (usize, String)> = HashMap::new();
-        for (i, outcome) in outcomes.iter_mut().enumerate() {
-            let Outcome::Accepted(a) = outcome else {
-                continue;
-            };
-            let key = (a.tenant.clone(), a.alert.header().alert_id.clone());
-            let same_content = |hash: &str| hash == a.envelope_hash;
-            let replacement = if let Some(k) = known.get(&key) {
-                Some(if same_content(&k.envelope_hash) {
-                    Outcome::Resend {
-                        tenant: a.tenant.clone(),
-                        receipt: k.receipt.clone(),
-                    }
-                } else {
-                    reused(a)
-                })
-            } else if let Some((j, hash)) = first_in_batch.get(&key) {
-                Some(if same_content(hash) {
-                    Outcome::SameAs {
-                        tenant: a.tenant.clone(),
-                        index: *j,
-                    }
-                } else {
-                    reused(a)
-                })
-            } else {
-                first_in_batch.insert(key, (i, a.envelope_hash.clone()));
-                None
-            };
-            if let Some(r) = replacement {
-                *outcome = r;
-            }
-        }
-
-        // Audit entries, deliveries and signed receipts.
-        let mut receipts: Vec<Option<(String, Vec<u8>)>> = Vec::with_capacity(outcomes.len());
-        for outcome in &outcomes {
-            let receipt = match outcome {
-                Outcome::Accepted(a) => Some(self.record_accepted(
-                    &policy,
-                    a,
-                    now,
-                    &mut next,
-                    &mut commit,
-                    &mut publish,
-                )),
-                Outcome::Rejected(r) => {
-                    Some(self.record_rejected(&policy, r, now, &mut next, &mut commit))
-                }
-                Outcome::Resend { tenant, receipt } => Some((tenant.clone(), receipt.clone())),
-                Outcome::SameAs { .. } => None,
-            };
-            receipts.push(receipt);
-        }
-        for i in 0..outcomes.len() {
-            if let Outcome::SameAs { tenant, index } = &outcomes[i] {
-                let receipt = receipts[*index]
-                    .as_ref()
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default();
-                receipts[i] = Some((tenant.clone(), receipt));
-            }
-        }
+        next = decided_next;
+        commit = decided_commit;
 
         // Acknowledgements.
         for (tenant, payload) in acks {
@@ -907,48 +715,69 @@ impl Router {
             }
         }
 
-        // One transaction for everything; nothing is sent before it commits.
+        // One transaction for everything, committed while the next batch is
+        // prepared; nothing is sent before it commits.
         let policy_recorded = commit
             .audit
             .iter()
             .any(|e| e.kind == EntryKind::PolicyLoaded);
-        let entries = commit.audit.len();
-        if let Err(e) = self.finish(commit, next).await {
-            error!(error = %e, entries, "commit failed: nothing of this batch is answered (publishers will resend)");
+        let frontier = match self.grow_tree(&mut commit) {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "nothing of this batch is answered (publishers will resend)");
+                return;
+            }
+        };
+        if !self.settle().await {
+            warn!(
+                messages,
+                "batch dropped: it was built on a batch that did not commit (publishers will resend)"
+            );
             return;
         }
-        if policy_recorded {
-            self.recorded_policy = Some(policy.version().to_string());
-        }
-        for (topic, payload) in publish {
-            self.send(topic, payload).await;
-        }
-        for outcome in &outcomes {
-            match outcome {
-                Outcome::Accepted(_) => self.metrics.accepted.inc(),
-                Outcome::Rejected(r) => self
-                    .metrics
-                    .rejected
-                    .get_or_create(&crate::metrics::CodeLabel {
-                        code: r.code.clone(),
-                    })
-                    .inc(),
-                Outcome::Resend { .. } | Outcome::SameAs { .. } => self.metrics.resent.inc(),
-            };
-        }
-        self.metrics.batch_size.observe(outcomes.len() as f64);
-        for (tenant, receipt) in receipts.into_iter().flatten() {
-            self.send(topics::receipts(&tenant), receipt).await;
-        }
-        for (tenant, payload) in replays {
-            self.replay(&tenant, &payload).await;
-        }
-        let since = self.frontier.size() - self.checkpointed.unwrap_or(0);
+        let since = self.committed.size() - self.checkpointed.unwrap_or(0);
         if since >= self.audit.checkpoint_every_entries
             && let Err(e) = self.checkpoint().await
         {
             error!(error = %e, "could not sign a checkpoint");
         }
+        if policy_recorded {
+            self.recorded_policy = Some(policy.version().to_string());
+        }
+        self.metrics.accepted.inc_by(decided.accepted);
+        self.metrics.resent.inc_by(decided.resent);
+        for code in decided.rejected {
+            self.metrics
+                .rejected
+                .get_or_create(&crate::metrics::CodeLabel { code })
+                .inc();
+        }
+        self.metrics.batch_size.observe(messages as f64);
+        let answers = Answers {
+            deliveries: decided.deliveries,
+            receipts: decided.receipts,
+        };
+        self.launch(commit, next, frontier, answers);
+        for (tenant, payload) in replays {
+            self.replay(&tenant, &payload).await;
+        }
+    }
+
+    /// Alerts accepted earlier, by (publisher, alert id): committed ones
+    /// from the store, and those of the batch in flight.
+    async fn known_alerts(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), KnownAlert>, StoreError> {
+        let mut known = self.store.known_alerts(keys).await?;
+        if let Some(in_flight) = &self.in_flight {
+            for key in keys {
+                if let Some(k) = in_flight.alerts.get(key) {
+                    known.insert(key.clone(), k.clone());
+                }
+            }
+        }
+        Ok(known)
     }
 
     async fn send(&mut self, topic: String, payload: Vec<u8>) {
@@ -970,7 +799,7 @@ impl Router {
             at_ms: now,
         });
         let mut entry = AuditEntry::new(EntryKind::PolicyLoaded, now);
-        entry.index = self.take_index(next);
+        entry.index = take_index(next);
         entry.policy_version = Some(policy.version().to_string());
         entry.reason_code = Some(if first { "first_load" } else { "load" }.into());
         entry.reason = Some(format!(
@@ -985,222 +814,6 @@ impl Router {
             "policy version recorded in the audit log"
         );
         Ok(())
-    }
-
-    fn record_accepted(
-        &self,
-        policy: &PolicySet,
-        a: &Accepted,
-        now: i64,
-        next: &mut u64,
-        commit: &mut Commit,
-        publish: &mut Vec<(String, Vec<u8>)>,
-    ) -> (String, Vec<u8>) {
-        let h = a.alert.header();
-        let signature = b64(&a.alert.envelope().signature.0);
-        let subject_hashes: Vec<String> = policy
-            .alert_type(&h.alert_type)
-            .map(|t| t.subject_fields.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|(field, kind)| {
-                let value = a.alert.field(field)?.as_str()?;
-                self.subjects.hash_value(*kind, value)
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let base = |kind: EntryKind, index: u64| {
-            let mut e = AuditEntry::new(kind, now);
-            e.index = index;
-            e.alert_id = Some(h.alert_id.clone());
-            e.publisher = Some(a.tenant.clone());
-            e.topic = Some(h.topic.clone());
-            e.alert_type = Some(h.alert_type.clone());
-            e.envelope_hash = Some(a.envelope_hash.clone());
-            e.signature = Some(signature.clone());
-            e.policy_version = Some(policy.version().to_string());
-            e.subject_hashes = subject_hashes.clone();
-            e
-        };
-        let mut shares = Vec::new();
-        for share in &a.decision.shares {
-            let index = self.take_index(next);
-            let share_id = messages::share_id(&a.envelope_hash, &share.recipient);
-            let mut digests: Vec<_> = a
-                .alert
-                .disclosures()
-                .iter()
-                .filter(|d| share.fields.iter().any(|f| f == d.name()))
-                .map(|d| d.digest())
-                .collect();
-            digests.sort();
-            let mut entry = base(EntryKind::Share, index);
-            entry.recipient = Some(share.recipient.clone());
-            entry.rule_id = Some(share.rule_id.clone());
-            entry.legal_basis = Some(share.legal_basis.clone());
-            entry.purpose = Some(share.purpose.clone());
-            entry.fields = share.fields.clone();
-            entry.disclosed_digest = Some(disclosed_digest(&digests));
-            entry.share_id = Some(share_id.clone());
-            commit
-                .subjects
-                .extend(subject_hashes.iter().map(|s| (s.clone(), index)));
-            commit.audit.push(entry);
-
-            let stamp = ShareStamp {
-                share_id: share_id.clone(),
-                alert_id: h.alert_id.clone(),
-                publisher: a.tenant.clone(),
-                recipient: share.recipient.clone(),
-                topic: h.topic.clone(),
-                alert_type: h.alert_type.clone(),
-                rule_id: share.rule_id.clone(),
-                legal_basis: share.legal_basis.clone(),
-                purpose: share.purpose.clone(),
-                fields: share.fields.clone(),
-                envelope_hash: a.envelope_hash.clone(),
-                policy_version: policy.version().to_string(),
-                audit_index: index,
-                signed_at_ms: now,
-            };
-            let delivery = Delivery {
-                envelope: a
-                    .alert
-                    .redacted(|name| share.fields.iter().any(|f| f == name)),
-                stamp: self.signer.sign(messages::TAG_SHARE_STAMP, &stamp),
-            }
-            .to_json();
-            commit.deliveries.push(DeliveryRow {
-                share_id: share_id.clone(),
-                recipient: share.recipient.clone(),
-                alert_id: h.alert_id.clone(),
-                publisher: a.tenant.clone(),
-                alert_type: h.alert_type.clone(),
-                topic: h.topic.clone(),
-                audit_idx: index,
-                payload: delivery.clone(),
-                created_at_ms: now,
-            });
-            publish.push((topics::inbox(&share.recipient, &h.topic), delivery));
-            shares.push(ShareReceipt {
-                share_id,
-                recipient: share.recipient.clone(),
-                rule_id: share.rule_id.clone(),
-                legal_basis: share.legal_basis.clone(),
-                purpose: share.purpose.clone(),
-                fields: share.fields.clone(),
-                audit_index: index,
-            });
-        }
-        let mut denials = Vec::new();
-        for denial in &a.decision.denials {
-            let index = self.take_index(next);
-            let mut entry = base(EntryKind::Denial, index);
-            entry.recipient = denial.recipient.clone();
-            entry.rule_id = denial.rule_id.clone();
-            entry.reason_code = Some(denial.reason.code().to_string());
-            entry.reason = Some(denial.reason.to_string());
-            commit
-                .subjects
-                .extend(subject_hashes.iter().map(|s| (s.clone(), index)));
-            commit.audit.push(entry);
-            denials.push(DenialReceipt {
-                recipient: denial.recipient.clone(),
-                rule_id: denial.rule_id.clone(),
-                code: denial.reason.code().to_string(),
-                message: denial.reason.to_string(),
-                audit_index: index,
-            });
-        }
-        let receipt = Receipt {
-            alert_id: Some(h.alert_id.clone()),
-            publisher: a.tenant.clone(),
-            envelope_hash: Some(a.envelope_hash.clone()),
-            status: ReceiptStatus::Accepted,
-            rejection: None,
-            shares,
-            denials,
-            audit_index: None,
-            policy_version: policy.version().to_string(),
-            received_at_ms: now,
-            signed_at_ms: now,
-        };
-        let receipt = serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt))
-            .unwrap_or_default();
-        let envelope = a.alert.envelope();
-        commit.alerts.push(AlertRow {
-            publisher: a.tenant.clone(),
-            alert_id: h.alert_id.clone(),
-            envelope_hash: a.envelope_hash.clone(),
-            alert_type: h.alert_type.clone(),
-            topic: h.topic.clone(),
-            issued_at_ms: h.issued_at_ms,
-            received_at_ms: now,
-            policy_version: policy.version().to_string(),
-            signed_envelope: envelope.redact(|_| false).to_json(),
-            content: envelope.to_json(),
-            receipt: receipt.clone(),
-        });
-        info!(
-            alert = %h.alert_id,
-            publisher = %a.tenant,
-            alert_type = %h.alert_type,
-            shares = a.decision.shares.len(),
-            denials = a.decision.denials.len(),
-            "alert accepted"
-        );
-        (a.tenant.clone(), receipt)
-    }
-
-    fn record_rejected(
-        &self,
-        policy: &PolicySet,
-        r: &Rejected,
-        now: i64,
-        next: &mut u64,
-        commit: &mut Commit,
-    ) -> (String, Vec<u8>) {
-        let index = self.take_index(next);
-        let mut entry = AuditEntry::new(EntryKind::Rejection, now);
-        entry.index = index;
-        entry.alert_id = r.alert_id.clone();
-        entry.publisher = Some(r.tenant.clone());
-        entry.topic = r.topic.clone();
-        entry.alert_type = r.alert_type.clone();
-        entry.envelope_hash = r.envelope_hash.clone();
-        entry.signature = r.signature.clone();
-        entry.policy_version = Some(policy.version().to_string());
-        entry.reason_code = Some(r.code.clone());
-        entry.reason = Some(r.message.clone());
-        commit.audit.push(entry);
-        let receipt = Receipt {
-            alert_id: r.alert_id.clone(),
-            publisher: r.tenant.clone(),
-            envelope_hash: r.envelope_hash.clone(),
-            status: ReceiptStatus::Rejected,
-            rejection: Some(Rejection {
-                code: r.code.clone(),
-                message: r.message.clone(),
-                retry_after_ms: r.retry_after_ms,
-            }),
-            shares: Vec::new(),
-            denials: Vec::new(),
-            audit_index: Some(index),
-            policy_version: policy.version().to_string(),
-            received_at_ms: now,
-            signed_at_ms: now,
-        };
-        warn!(
-            publisher = %r.tenant,
-            alert = r.alert_id.as_deref().unwrap_or("-"),
-            code = %r.code,
-            reason = %r.message,
-            "alert refused"
-        );
-        let receipt = serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt))
-            .unwrap_or_default();
-        (r.tenant.clone(), receipt)
     }
 
     async fn record_ack(
@@ -1256,11 +869,17 @@ impl Router {
         let message = serde_json::to_vec(&signed).unwrap_or_default();
         let message_hash = hex::encode(sha2::Sha256::digest(&message));
         for p in pending {
-            // The same share acknowledged twice in one batch is recorded once.
-            if commit.acks.iter().any(|a| a.share_id == p.share_id) {
+            // A share acknowledged twice (in this batch, or in this one and
+            // the batch in flight) is recorded once.
+            if commit.acks.iter().any(|a| a.share_id == p.share_id)
+                || self
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.acked.contains(&p.share_id))
+            {
                 continue;
             }
-            let index = self.take_index(next);
+            let index = take_index(next);
             let mut entry = AuditEntry::new(EntryKind::Ack, now);
             entry.index = index;
             entry.alert_id = Some(p.alert_id);
@@ -1314,6 +933,36 @@ impl Router {
             Err(e) => error!(agency = tenant, error = %e, "replay failed: database unavailable"),
         }
     }
+}
+
+/// Writes `commit` in one transaction and counts it; `next` is the log's
+/// size after it.
+async fn commit_counted(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    commit: &Commit,
+    next: u64,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    if let Err(e) = store.commit(commit).await {
+        metrics.failed_commits.inc();
+        return Err(e);
+    }
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    for entry in &commit.audit {
+        match entry.kind {
+            EntryKind::Share => metrics.shares.inc(),
+            EntryKind::Denial => metrics.denials.inc(),
+            EntryKind::Ack => metrics.acks.inc(),
+            _ => 0,
+        };
+    }
+    metrics
+        .audit_entries
+        .set(i64::try_from(next).unwrap_or(i64::MAX));
+    Ok(())
 }
 
 /// Sorts one notification from rumqttd into the batch.
@@ -1374,28 +1023,4 @@ async fn receive_batch(rx: &mut LinkRx, max: usize) -> Result<Vec<Inbound>, Rout
         }
     }
     Ok(batch)
-}
-
-fn reused(a: &Accepted) -> Outcome {
-    let h = a.alert.header();
-    Outcome::Rejected(Box::new(Rejected {
-        tenant: a.tenant.clone(),
-        alert_id: Some(h.alert_id.clone()),
-        topic: Some(h.topic.clone()),
-        alert_type: Some(h.alert_type.clone()),
-        envelope_hash: Some(a.envelope_hash.clone()),
-        signature: Some(b64(&a.alert.envelope().signature.0)),
-        code: "alert_id_reused".into(),
-        message: "this alert id was already used for an alert with different content".into(),
-        retry_after_ms: None,
-    }))
-}
-
-/// A name for logs: as is when it is a valid agency id, escaped otherwise.
-fn names_or_escaped(s: &str) -> String {
-    if names::validate_agency_id(s).is_ok() {
-        s.to_string()
-    } else {
-        s.chars().take(40).flat_map(char::escape_default).collect()
-    }
 }

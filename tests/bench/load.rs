@@ -269,7 +269,7 @@ pub async fn samverkan_publisher(
         let (topic, alert_type, fields) = alert(agency, shape, i);
         let header = EnvelopeHeader {
             version: samverkan_sdk::envelope::VERSION,
-            alert_id: format!("{agency}-{i}-{}", uuid::Uuid::new_v4().simple()),
+            alert_id: uuid::Uuid::now_v7().to_string(),
             publisher: agency.into(),
             key_id: key_id.clone(),
             alert_type: alert_type.into(),

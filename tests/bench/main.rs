@@ -148,7 +148,7 @@ async fn run(args: RunArgs) -> Result<Report> {
         BackendArg::Sqlite => Backend::Sqlite,
         BackendArg::Postgres => Backend::Postgres,
     };
-    let server = targets::start(args.target, backend).await?;
+    let mut server = targets::start(args.target, backend).await?;
     let pid = server.child.id();
     let certs = server.certs();
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,6 +271,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let end = stats::sample(pid).unwrap_or_default();
+    server.ensure_running()?;
     let internals = match server.admin_port {
         Some(port) => broker_internals(port).await,
         None => None,

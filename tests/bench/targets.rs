@@ -35,6 +35,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Fails with the server's log if the process has ended (a benchmark
+    /// of a server that died would measure nothing but errors).
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the server exited during the run ({status}): {}",
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// The development PKI of this run.
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs-dev")
@@ -158,6 +170,9 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
         }
     };
     wait_for_port(port, &mut child, &log).await?;
+    if let Some(admin) = admin_port {
+        wait_for_port(admin, &mut child, &log).await?;
+    }
     Ok(Server {
         child,
         port,

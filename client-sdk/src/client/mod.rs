@@ -294,12 +294,13 @@ impl Client {
         self.shared.state.borrow().ready
     }
 
-    /// Signs `alert` for publishing on the logical topic, with a new UUID v4
-    /// alert id and the current time. Useful to keep the envelope and
+    /// Signs `alert` for publishing on the logical topic, with a new UUID v7
+    /// alert id (time-ordered, so the broker's indexes on alert ids grow at
+    /// their end instead of being rewritten all over) and the current time. Useful to keep the envelope and
     /// publish it again later with [`Self::publish_envelope`] (same alert id,
     /// so the broker recognises it).
     pub fn sign(&self, logical_topic: &str, alert: &Alert) -> Result<Envelope, EnvelopeError> {
-        let alert_id = uuid::Uuid::new_v4().to_string();
+        let alert_id = uuid::Uuid::now_v7().to_string();
         let header = alert.header(
             logical_topic,
             &self.shared.agency,

@@ -76,9 +76,12 @@ impl Default for MqttSettings {
             max_connections: 10_000,
             // The router and the inboxes are drained continuously and every
             // share is also in the database, so rumqttd's per-filter rings
-            // can stay small (a larger message still fits: it opens a segment).
+            // can stay small (a larger message still fits: it opens a
+            // segment). Every filter with traffic fills its ring: two
+            // segments instead of four kept 30 MB less at 1,000 alerts/s
+            // with the same throughput flat out.
             segment_bytes: 1024 * 1024,
-            segments: 4,
+            segments: 2,
         }
     }
 }

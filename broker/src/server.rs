@@ -625,6 +625,9 @@ async fn watch_crl(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
         let now = modified(&path);
         if now != last {
             last = now;
+            // Not beside a reload from SIGHUP or the admin endpoint, which
+            // also rebuilds the TLS configuration.
+            let _one_at_a_time = control.reloading.lock().await;
             match control.reload_tls() {
                 Ok(message) => {
                     info!(crl = %path.display(), message, "certificate revocation list reloaded")

@@ -1,6 +1,6 @@
-//! The broker's own ed25519 key: it signs receipts and share stamps (and,
-//! later, audit checkpoints) so that agencies can tell the broker's messages
-//! from anything another client of their tenant publishes.
+//! The broker's own ed25519 key: it signs receipts, share stamps and audit
+//! checkpoints so that agencies can tell the broker's messages from anything
+//! another client of their tenant publishes.
 
 use ed25519_dalek::SigningKey;
 use samverkan_sdk::messages::Signed;

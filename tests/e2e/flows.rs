@@ -239,3 +239,48 @@ async fn the_same_alert_twice_gives_one_set_of_shares_and_the_same_receipt() {
         1
     );
 }
+
+/// A burst larger than rumqttd's ring for the router's topic filter (two
+/// segments of 1 MiB, about 900 alerts of this size) is answered in full
+/// without a single resend: the router's intake reads ahead of its own pace.
+#[tokio::test]
+async fn a_burst_larger_than_rumqttds_ring_is_answered_without_resends() {
+    const BURST: usize = 1500;
+    let broker = TestBroker::start().await;
+    let mut config = broker.agency_config("forsakringskassan");
+    // A lost alert would wait for a resend after this long and fail the test.
+    config.receipt_timeout = Duration::from_secs(60);
+    config.publish_deadline = Duration::from_secs(60);
+    let fk = std::sync::Arc::new(
+        samverkan_sdk::client::Client::connect(config)
+            .await
+            .unwrap(),
+    );
+    let alert = incorrect_payment("0580");
+    let envelopes: Vec<_> = (0..BURST)
+        .map(|_| fk.sign("welfare/incorrect-payment/ost", &alert).unwrap())
+        .collect();
+    let total: usize = envelopes.iter().map(|e| e.to_json().len()).sum();
+    assert!(total > 2 * 1024 * 1024, "the burst is only {total} bytes");
+
+    let started = std::time::Instant::now();
+    let mut publishes = tokio::task::JoinSet::new();
+    for envelope in envelopes {
+        let fk = fk.clone();
+        publishes.spawn(async move { fk.publish_envelope(envelope).await });
+    }
+    let receipts = tokio::time::timeout(Duration::from_secs(30), publishes.join_all())
+        .await
+        .expect("some alerts of the burst were never answered");
+    let accepted = receipts
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == ReceiptStatus::Accepted))
+        .count();
+    assert_eq!(
+        accepted,
+        BURST,
+        "{:?}",
+        receipts.iter().find(|r| r.is_err())
+    );
+    eprintln!("{BURST} alerts answered in {:?}", started.elapsed());
+}

@@ -194,7 +194,8 @@ pub struct RouterParts {
 
 /// The router task's state.
 pub struct Router {
-    rx: LinkRx,
+    /// rumqttd's link, until [`Router::run`] hands it to the intake task.
+    rx: Option<LinkRx>,
     outbox: Outbox,
     policy: Arc<PolicyHandle>,
     store: Store,
@@ -260,7 +261,7 @@ impl Router {
         let quota = Quota::per_second(NonZeroU32::MIN)
             .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
         Self {
-            rx: link.rx,
+            rx: Some(link.rx),
             outbox: Outbox::spawn(link.tx),
             policy,
             store,
@@ -588,21 +589,27 @@ impl Router {
         if let Err(e) = self.record_start().await {
             warn!(error = %e, "the policy load could not be recorded yet");
         }
-        loop {
+        let rx = self
+            .rx
+            .take()
+            .ok_or_else(|| RouterError::Link("the router link was already taken".into()))?;
+        let (intake, mut queue) = spawn_intake(rx, self.settings.batch_max * INTAKE_BATCHES);
+        let result = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Ok(()),
                 Some(command) = self.commands.recv() => self.handle(command).await,
-                batch = receive_batch(&mut self.rx, self.settings.batch_max) => {
-                    let batch = batch?;
-                    self.process(batch).await;
-                }
+                batch = receive_batch(&mut queue, self.settings.batch_max) => match batch {
+                    Some(batch) => self.process(batch).await,
+                    None => break Err(RouterError::Link("rumqttd closed the router link".into())),
+                },
             }
-        }
-        // Drain what rumqttd already handed over.
+        };
+        // Answer what was already taken from rumqttd.
+        intake.abort();
         let mut rest = Vec::new();
-        while let Ok(Some(n)) = self.rx.recv_deadline(Instant::now()) {
-            classify(&self.rx, n, &mut rest);
+        while let Ok(message) = queue.try_recv() {
+            rest.push(message);
         }
         if !rest.is_empty() {
             self.process(rest).await;
@@ -612,7 +619,7 @@ impl Router {
             warn!(error = %e, "no final checkpoint at shutdown");
         }
         info!("router stopped");
-        Ok(())
+        result
     }
 
     fn refresh_limits(&mut self, policy: &PolicySet) {
@@ -1002,25 +1009,49 @@ fn classify(rx: &LinkRx, notification: Notification, batch: &mut Vec<Inbound>) {
     }
 }
 
+/// Batches the intake may read ahead of the router. rumqttd keeps only a
+/// small ring per topic filter (see `mqtt.rs`), and a reader that falls
+/// further behind than the ring loses messages; reading ahead into this
+/// queue means a burst waits in memory only while there is a backlog.
+const INTAKE_BATCHES: usize = 4;
+
+/// Reads rumqttd's link without pause into a queue of `capacity` messages,
+/// so that the router's own pace (deciding, committing) never leaves
+/// messages in rumqttd's ring. When the queue is full the reader waits,
+/// and rumqttd's ring is the last buffer.
+fn spawn_intake(
+    mut rx: LinkRx,
+    capacity: usize,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<Inbound>) {
+    let (tx, queue) = mpsc::channel(capacity.max(1));
+    let task = tokio::spawn(async move {
+        let mut taken = Vec::new();
+        loop {
+            match rx.next().await {
+                Ok(Some(n)) => classify(&rx, n, &mut taken),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, "the router link failed");
+                    return;
+                }
+            }
+            for message in taken.drain(..) {
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (task, queue)
+}
+
 /// Waits for at least one message, then takes whatever else has already
 /// arrived, up to `max`: under load, batches grow and commits get fewer.
-async fn receive_batch(rx: &mut LinkRx, max: usize) -> Result<Vec<Inbound>, RouterError> {
-    let mut batch = Vec::new();
-    while batch.is_empty() {
-        let first = rx
-            .next()
-            .await
-            .map_err(|e| RouterError::Link(e.to_string()))?;
-        if let Some(n) = first {
-            classify(rx, n, &mut batch);
-        }
+/// `None` once the intake has ended.
+async fn receive_batch(queue: &mut mpsc::Receiver<Inbound>, max: usize) -> Option<Vec<Inbound>> {
+    let mut batch = Vec::with_capacity(max.min(64));
+    if queue.recv_many(&mut batch, max).await == 0 {
+        return None;
     }
-    while batch.len() < max {
-        match rx.recv_deadline(Instant::now()) {
-            Ok(Some(n)) => classify(rx, n, &mut batch),
-            Ok(None) => {}
-            Err(_) => break,
-        }
-    }
-    Ok(batch)
+    Some(batch)
 }

@@ -306,16 +306,8 @@ pub fn prove(source: &Source, index: u64, out: Option<&Path>) -> Result<ExitCode
     })
 }
 
-pub fn check_proof(bundle: &Path, broker_keys: &Path) -> Result<ExitCode> {
-    let keys = KeyRegistry::load(broker_keys).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
+pub fn check_proof(source: &Source, bundle: &Path) -> Result<ExitCode> {
+    let keys = source.broker_keys()?;
     let bytes =
         std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
     match check_bundle(&bytes, &keys) {

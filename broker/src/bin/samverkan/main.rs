@@ -331,13 +331,7 @@ fn main() -> ExitCode {
                 AuditCommand::Prove { entry, out } => {
                     audit_cmd::prove(&source, entry, out.as_deref())
                 }
-                AuditCommand::CheckProof { bundle } => {
-                    let keys = source
-                        .broker_keys
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from("certs-dev/broker-keys.toml"));
-                    audit_cmd::check_proof(&bundle, &keys)
-                }
+                AuditCommand::CheckProof { bundle } => audit_cmd::check_proof(&source, &bundle),
                 AuditCommand::Subject {
                     identifier,
                     include_denials,

@@ -41,6 +41,7 @@ on_both_backends!(
     heads_are_consistent_across_restarts,
     subject_lookup_finds_exactly_the_persons_shares,
     retention_purges_content_but_not_the_proof,
+    retention_purges_alert_types_no_longer_in_the_policy,
 );
 
 /// A fictitious personnummer other than Tolvan's.
@@ -417,6 +418,51 @@ async fn retention_purges_content_but_not_the_proof(backend: Backend) {
     assert!(out.status.success(), "{}", text(&out));
     let out = broker.samverkan(&["audit", "check-proof", bundle.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Content of an alert type that a new policy no longer has is purged
+/// after the default period, not kept forever.
+async fn retention_purges_alert_types_no_longer_in_the_policy(backend: Backend) {
+    let dir = prepare_dir();
+    std::fs::write(
+        dir.path().join("policies/retention.toml"),
+        "[default]\ncontent_days = 0\n",
+    )
+    .unwrap();
+    let broker = TestBroker::start_with(backend, dir, |_| {}).await;
+    let ids = publish_all(&broker, vec![payment_about(TEST_PNR)]).await;
+    // As if the alert type had been removed from the policy since.
+    assert_eq!(
+        broker
+            .execute_sql("UPDATE alerts SET alert_type = 'welfare.retired_type'")
+            .await,
+        1
+    );
+    assert_eq!(
+        broker
+            .execute_sql("UPDATE deliveries SET alert_type = 'welfare.retired_type'")
+            .await,
+        1
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    assert_eq!(broker.broker().purge_now().await.unwrap(), (1, 1));
+    let store = broker.broker().store().clone();
+    assert!(
+        store
+            .alert_content("forsakringskassan", &ids[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let purge = store
+        .audit_range(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == EntryKind::RetentionPurge)
+        .unwrap();
+    assert_eq!(purge.alert_type.as_deref(), Some("welfare.retired_type"));
 }
 
 async fn store_share_index(broker: &TestBroker) -> u64 {

@@ -547,7 +547,10 @@ impl Router {
         let mut next = self.next_index;
         let mut commit = Commit::default();
         let (mut alerts, mut deliveries) = (0, 0);
-        for alert_type in policy.alert_types().keys() {
+        let mut alert_types: std::collections::BTreeSet<String> =
+            policy.alert_types().keys().cloned().collect();
+        alert_types.extend(self.store.alert_types_with_content().await?);
+        for alert_type in &alert_types {
             let days = policy.retention_days(alert_type);
             let cutoff = now - i64::from(days) * 86_400_000;
             let (a, d) = self.store.purgeable(alert_type, cutoff).await?;

@@ -636,6 +636,24 @@ impl Store {
         Ok(())
     }
 
+    /// The alert types of which content is still stored, including types
+    /// no longer in the policy (their content is kept for the default
+    /// retention period, never forever).
+    pub async fn alert_types_with_content(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT alert_type FROM alerts WHERE content IS NOT NULL \
+             UNION SELECT DISTINCT alert_type FROM deliveries WHERE payload IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<String, _>("alert_type")
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
     /// How much content of `alert_type` received before `cutoff_ms` is still
     /// stored: (alerts, deliveries).
     pub async fn purgeable(

@@ -399,8 +399,19 @@ impl Gateway {
 /// Reads one MQTT packet (fixed header, remaining length, body), at most
 /// `max_bytes` long.
 async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max_bytes: usize) -> Result<Vec<u8>, String> {
-    let mut packet = vec![0u8; 1];
-    r.read_exact(&mut packet).await.map_err(|e| e.to_string())?;
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first).await.map_err(|e| e.to_string())?;
+    read_packet_after(first[0], r, max_bytes).await
+}
+
+/// Reads the rest of a packet whose first byte was `first`.
+async fn read_packet_after<R: AsyncRead + Unpin>(
+    first: u8,
+    r: &mut R,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    let mut packet = vec![first];
+    // Remaining length: 1 to 4 bytes, 7 bits each (MQTT 3.1.1 section 2.2.3).
     let mut remaining: usize = 0;
     for i in 0..4 {
         let mut b = [0u8; 1];
@@ -428,47 +439,30 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max_bytes: usize) -> Resul
 }
 
 /// Reads one MQTT CONNECT packet and returns its protocol level (4 or 5)
-/// with the packet's bytes.
+/// with the packet's bytes. Anything else is refused at its first byte.
 async fn read_connect<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: usize,
 ) -> Result<(u8, Vec<u8>), String> {
-    let mut packet = vec![0u8; 1];
-    r.read_exact(&mut packet).await.map_err(|e| e.to_string())?;
-    if packet[0] != 0x10 {
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first).await.map_err(|e| e.to_string())?;
+    if first[0] != 0x10 {
         return Err(format!(
             "first packet type is 0x{:02x}, not CONNECT",
-            packet[0] >> 4
+            first[0] >> 4
         ));
     }
-    // Remaining length: 1 to 4 bytes, 7 bits each (MQTT 3.1.1 section 2.2.3).
-    let mut remaining: usize = 0;
-    for i in 0..4 {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        packet.push(b[0]);
-        remaining |= usize::from(b[0] & 0x7f) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        if i == 3 {
-            return Err("malformed remaining length".into());
-        }
-    }
-    if remaining > max_bytes {
-        return Err(format!(
-            "CONNECT of {remaining} bytes is larger than {max_bytes}"
-        ));
-    }
-    if remaining < 7 {
+    let packet = read_packet_after(first[0], r, max_bytes).await?;
+    // The variable header starts after the fixed header's 2 to 5 bytes.
+    let header = packet
+        .iter()
+        .skip(1)
+        .position(|b| b & 0x80 == 0)
+        .map_or(packet.len(), |i| i + 2);
+    let body = &packet[header..];
+    if body.len() < 7 {
         return Err("CONNECT too short".into());
     }
-    let start = packet.len();
-    packet.resize(start + remaining, 0);
-    r.read_exact(&mut packet[start..])
-        .await
-        .map_err(|e| e.to_string())?;
-    let body = &packet[start..];
     if body[0..6] != [0, 4, b'M', b'Q', b'T', b'T'] {
         return Err("protocol name is not MQTT".into());
     }

@@ -369,7 +369,9 @@ impl Disclosure {
         names::validate_field_name(name).map_err(|e| malformed(e.to_string()))?;
         let value_json = r.bytes("value").map_err(|e| malformed(e.to_string()))?;
         r.finish().map_err(|e| malformed(e.to_string()))?;
-        let value: Value = serde_json::from_slice(value_json)
+        // A value whose objects repeat a member name would read differently
+        // in a parser that keeps the first of the repeats: refused.
+        let value: Value = crate::json::value_from_slice(value_json)
             .map_err(|e| malformed(format!("value of `{name}` is not JSON: {e}")))?;
         Ok(Self {
             name: name.to_string(),
@@ -462,11 +464,19 @@ impl Envelope {
         })
     }
 
-    /// Parses the JSON form. Only JSON objects are accepted for the envelope
-    /// and its header (serde alone would also take arrays in field order).
+    /// Parses the JSON form with [`crate::json`], so an object that repeats
+    /// a member name, at any depth, is [`EnvelopeError::Malformed`].
     pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let value = crate::json::value_from_slice(bytes)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// Converts a JSON value read with [`crate::json`] (for an envelope
+    /// inside another message). Only JSON objects are accepted for the
+    /// envelope and its header (serde alone would also take arrays in field
+    /// order).
+    pub fn from_value(value: Value) -> Result<Self, EnvelopeError> {
         if !value.is_object() || !value.get("header").is_some_and(Value::is_object) {
             return Err(EnvelopeError::Malformed(
                 "an envelope is a JSON object with a `header` object".into(),

@@ -12,6 +12,8 @@
 //! * [`keys`] — the registry of agency signing keys (validity windows,
 //!   revocation) and key files;
 //! * [`messages`] — receipts, share stamps and deliveries signed by the broker;
+//! * [`json`] — the one JSON reader for everything read from the wire, which
+//!   refuses an object that repeats a member name;
 //! * [`topics`] — the MQTT topic layout;
 //! * [`names`] — the syntax of agency ids, logical topics, alert types and
 //!   field names.
@@ -27,6 +29,7 @@ pub mod client;
 pub mod encoding;
 pub mod envelope;
 pub mod identifiers;
+pub mod json;
 pub mod keys;
 pub mod messages;
 pub mod names;

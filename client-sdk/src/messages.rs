@@ -100,6 +100,11 @@ pub trait SignedAt {
 }
 
 impl Signed {
+    /// Parses the JSON form (the three-member wrapper) with [`crate::json`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
+        crate::json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))
+    }
+
     /// Signs `value` as JSON under `tag`.
     pub fn sign<T: Serialize>(tag: &str, value: &T, key: &SigningKey, key_id: &str) -> Self {
         // Serialising the plain data structures of this module cannot fail.
@@ -135,7 +140,7 @@ impl Signed {
             &self.signature.0,
         )
         .map_err(|_| MessageError::BadBrokerSignature)?;
-        let value: T = serde_json::from_slice(&self.body.0)
+        let value: T = crate::json::from_slice(&self.body.0)
             .map_err(|e| MessageError::Malformed(e.to_string()))?;
         keys.resolve(owner, &self.key_id, value.signed_at_ms())
             .map_err(MessageError::BrokerKey)?;
@@ -310,16 +315,27 @@ pub struct VerifiedDelivery {
 }
 
 impl Delivery {
-    /// Parses the JSON form.
+    /// Parses the JSON form with [`crate::json`]; the envelope is read as
+    /// [`Envelope::from_json`] reads it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
-        if !value.is_object() || !value.get("stamp").is_some_and(serde_json::Value::is_object) {
-            return Err(MessageError::Malformed(
-                "a delivery is a JSON object with an `envelope` and a `stamp` object".into(),
+        let malformed = |e: String| MessageError::Malformed(e);
+        let value = crate::json::value_from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        let serde_json::Value::Object(mut members) = value else {
+            return Err(malformed("a delivery is a JSON object".into()));
+        };
+        let (envelope, stamp) = (members.remove("envelope"), members.remove("stamp"));
+        let (Some(envelope), Some(stamp @ serde_json::Value::Object(_)), true) =
+            (envelope, stamp, members.is_empty())
+        else {
+            return Err(malformed(
+                "a delivery is a JSON object with exactly an `envelope` and a `stamp` object"
+                    .into(),
             ));
-        }
-        serde_json::from_value(value).map_err(|e| MessageError::Malformed(e.to_string()))
+        };
+        Ok(Self {
+            envelope: Envelope::from_value(envelope).map_err(|e| malformed(e.to_string()))?,
+            stamp: serde_json::from_value(stamp).map_err(|e| malformed(e.to_string()))?,
+        })
     }
 
     /// The JSON form.
@@ -398,4 +414,11 @@ impl SignedAt for Ack {
 pub struct ReplayRequest {
     /// Chosen by the requester; echoed in the broker's log lines.
     pub request_id: String,
+}
+
+impl ReplayRequest {
+    /// Parses the JSON form with [`crate::json`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
+        crate::json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))
+    }
 }

@@ -297,3 +297,97 @@ async fn exceeding_the_publish_limit_is_refused_and_others_are_unaffected() {
         started.elapsed()
     );
 }
+
+/// Publishes `payload` raw (not through the SDK) as Försäkringskassan and
+/// returns the broker-verified receipt that answers it.
+async fn raw_receipt(broker: &TestBroker, client_id: &str, payload: Vec<u8>) -> Receipt {
+    use rumqttc::{Packet, QoS};
+    use samverkan_sdk::messages::{BROKER_KEY_OWNER, Signed, TAG_RECEIPT};
+    use samverkan_sdk::topics;
+
+    use crate::raw::{Outcome, connect, poll_for};
+
+    let (client, mut events) =
+        connect(broker.raw_options(client_id, broker.agency_tls("forsakringskassan")))
+            .await
+            .unwrap();
+    client
+        .subscribe(topics::receipts("forsakringskassan"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let suback = poll_for(&mut events, Duration::from_secs(10), |p| {
+        matches!(p, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    assert!(matches!(suback, Outcome::Got(())), "{suback:?}");
+    client
+        .publish(
+            topics::outbox("forsakringskassan", TOPIC),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    let receipts = topics::receipts("forsakringskassan");
+    let got = poll_for(&mut events, Duration::from_secs(20), |p| match p {
+        Packet::Publish(p) if p.topic == receipts => Some(p.payload.to_vec()),
+        _ => None,
+    })
+    .await;
+    let Outcome::Got(bytes) = got else {
+        panic!("no receipt: {got:?}");
+    };
+    let broker_keys = KeyRegistry::load(&broker.pki().broker_keys()).unwrap();
+    serde_json::from_slice::<Signed>(&bytes)
+        .unwrap()
+        .verify::<Receipt>(TAG_RECEIPT, &broker_keys, BROKER_KEY_OWNER)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_envelope_with_a_repeated_member_is_refused_as_malformed_and_audited() {
+    let broker = TestBroker::start().await;
+    let key = signing_key(&broker, "forsakringskassan");
+    let alert = incorrect_payment("0580");
+    let sign = |alert_id: &str| {
+        let header = alert.header(
+            TOPIC,
+            "forsakringskassan",
+            "forsakringskassan-dev-1",
+            alert_id,
+            samverkan_sdk::time::now_ms(),
+        );
+        String::from_utf8(
+            Envelope::sign(header, &alert.fields, &key)
+                .unwrap()
+                .to_json(),
+        )
+        .unwrap()
+    };
+
+    // The header names a publisher twice: a reader keeping the first member
+    // sees an alert of the Police, one keeping the last an alert of
+    // Försäkringskassan, validly signed.
+    let text = sign("dup-publisher").replacen(
+        "\"publisher\":\"forsakringskassan\"",
+        "\"publisher\":\"polisen\",\"publisher\":\"forsakringskassan\"",
+        1,
+    );
+    assert!(text.contains("polisen"));
+    let receipt = raw_receipt(&broker, "fk-raw-1", text.into_bytes()).await;
+    assert_refused(&broker, &receipt, "malformed_envelope").await;
+    let message = &receipt.rejection.as_ref().unwrap().message;
+    assert!(message.contains("repeats a member name"), "{message}");
+    // Nothing is read from such bytes, not even the alert id or the hash.
+    assert_eq!(receipt.alert_id, None);
+    assert_eq!(receipt.envelope_hash, None);
+
+    // A repeated signature, the last one forged: refused as malformed, not
+    // as a bad signature.
+    let forged = format!("\"signature\":\"{}\",", "A".repeat(86));
+    let text =
+        sign("dup-signature").replacen("\"disclosures\"", &format!("{forged}\"disclosures\""), 1);
+    let receipt = raw_receipt(&broker, "fk-raw-2", text.into_bytes()).await;
+    assert_refused(&broker, &receipt, "malformed_envelope").await;
+}

@@ -835,7 +835,7 @@ impl Router {
         next: &mut u64,
         commit: &mut Commit,
     ) -> Result<(), StoreError> {
-        let ack = serde_json::from_slice::<Signed>(payload)
+        let ack = Signed::from_json(payload)
             .map_err(|e| e.to_string())
             .and_then(|signed| {
                 signed
@@ -913,7 +913,7 @@ impl Router {
     }
 
     async fn replay(&mut self, tenant: &str, payload: &[u8]) {
-        let request = serde_json::from_slice::<ReplayRequest>(payload)
+        let request = ReplayRequest::from_json(payload)
             .map(|r| r.request_id)
             .unwrap_or_else(|_| "-".into());
         if self.replays.check_key(&tenant.to_string()).is_err() {

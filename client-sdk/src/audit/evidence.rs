@@ -136,7 +136,7 @@ pub fn check_bundle(
     let malformed = |m: String| AuditProofError::MalformedBundle(m);
     let mismatch = |m: String| AuditProofError::Mismatch(m);
     let bundle: EvidenceBundle =
-        serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        crate::json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     if bundle.to_canonical_json() != bytes {
         return Err(malformed(
             "the file is not in the canonical form written by `audit prove` (it was edited)".into(),

@@ -42,7 +42,7 @@ use super::tls::find_tls_error;
 use super::tracker::{BatchKind, SubBatch, SubscribeTracker};
 use crate::keys::KeyRegistry;
 use crate::messages::{
-    self, Ack, BROKER_KEY_OWNER, Delivery, Receipt, ReplayRequest, Signed, TAG_ACK, TAG_RECEIPT,
+    Ack, BROKER_KEY_OWNER, Delivery, Receipt, ReplayRequest, Signed, TAG_ACK, TAG_RECEIPT,
 };
 use crate::time::now_ms;
 use crate::topics;
@@ -514,11 +514,9 @@ impl Task {
     }
 
     fn on_receipt(&mut self, payload: &[u8]) {
-        let receipt = serde_json::from_slice::<Signed>(payload)
-            .map_err(|e| messages::MessageError::Malformed(e.to_string()))
-            .and_then(|signed| {
-                signed.verify::<Receipt>(TAG_RECEIPT, &self.shared.broker_keys, BROKER_KEY_OWNER)
-            });
+        let receipt = Signed::from_json(payload).and_then(|signed| {
+            signed.verify::<Receipt>(TAG_RECEIPT, &self.shared.broker_keys, BROKER_KEY_OWNER)
+        });
         let receipt = match receipt {
             Ok(r) => r,
             Err(e) => {

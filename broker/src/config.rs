@@ -4,46 +4,9 @@
 //! Relative paths in a file are relative to the file's directory; the
 //! development defaults are relative to the working directory.
 //!
-//! ```toml
-//! [gateway]
-//! listen = "127.0.0.1:8883"
-//! handshake_timeout_ms = 10000
-//! connect_timeout_ms = 10000
-//! max_connections_per_agency = 256
-//! connection_attempts_per_minute = 600
-//!
-//! [tls]
-//! ca = "certs-dev/ca.pem"
-//! cert = "certs-dev/broker.pem"
-//! key = "certs-dev/broker.key"
-//! # crl = "crl.pem"                    # reloaded when it changes
-//! # crl_check_interval_ms = 5000
-//!
-//! [admin]
-//! listen = "127.0.0.1:9883"             # GET /health, GET /metrics, POST /admin/reload; "off" to disable
-//!
-//! [signing]
-//! key = "certs-dev/broker-signing.key"
-//! key_id = "broker-dev-1"
-//!
-//! [policy]
-//! dir = "policies"
-//!
-//! [store]
-//! url = "sqlite://samverkan.db"
-//!
-//! [router]
-//! max_payload_bytes = 262144
-//! max_clock_skew_ms = 300000
-//! batch_max = 512
-//!
-//! [audit]
-//! origin = "samverkan-dev/audit"        # the log's name in signed checkpoints
-//! subject_key = "certs-dev/subject-hash.key"
-//! checkpoint_interval_ms = 60000        # sign a tree head at least this often…
-//! checkpoint_every_entries = 1000       # …and after this many new entries
-//! retention_interval_ms = 3600000       # how often content past retention is purged
-//! ```
+//! `samverkan.example.toml` at the repository root sets every setting to its
+//! default and says why; a test below fails when a setting is added to the
+//! parser without it, or when its value there is not the default.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -437,6 +400,107 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys serde accepts for `T`: a deserializer that stops at
+    /// `deserialize_struct` and keeps its field list.
+    fn keys_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+        struct Probe<'a>(&'a mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for Probe<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(serde::de::Error::custom("probed"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut fields));
+        let mut keys = fields.to_vec();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// `samverkan.example.toml` names every setting the parser accepts, each
+    /// set to its default: it parses, it has exactly the parser's sections and
+    /// keys, and loading it gives the development defaults of its directory.
+    #[test]
+    fn the_example_documents_every_setting_with_its_default() {
+        let sections: Vec<(&str, Vec<&str>)> = vec![
+            ("admin", keys_of::<RawAdmin>()),
+            ("audit", keys_of::<RawAudit>()),
+            ("gateway", keys_of::<RawGateway>()),
+            ("policy", keys_of::<RawPolicy>()),
+            ("router", keys_of::<RawRouter>()),
+            ("signing", keys_of::<RawSigning>()),
+            ("store", keys_of::<RawStore>()),
+            ("tls", keys_of::<RawTls>()),
+        ];
+        let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            keys_of::<RawConfig>(),
+            names,
+            "a section was added to RawConfig: add it here and to samverkan.example.toml"
+        );
+
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samverkan.example.toml");
+        let text = std::fs::read_to_string(&example).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let mut in_example: Vec<&str> = table.keys().map(String::as_str).collect();
+        in_example.sort_unstable();
+        assert_eq!(in_example, names, "sections of {}", example.display());
+        for (name, keys) in &sections {
+            let mut set: Vec<&str> = table[*name]
+                .as_table()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            set.sort_unstable();
+            assert_eq!(
+                &set,
+                keys,
+                "[{name}] in {} must set every key",
+                example.display()
+            );
+        }
+
+        let loaded = match BrokerConfig::load(&example) {
+            Ok(c) => c,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let base = example.parent().unwrap();
+        let mut defaults = BrokerConfig::development(base);
+        // The development store is relative to the working directory.
+        assert_eq!(defaults.store_url, "sqlite://samverkan.db");
+        defaults.store_url = format!("sqlite://{}", base.join("samverkan.db").display());
+        assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn the_compose_configuration_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/samverkan.toml");
+        let config = match BrokerConfig::load(&file) {
+            Ok(c) => c,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        assert!(config.store_url.starts_with("postgres://"));
+        assert_eq!(config.tls.ca, file.parent().unwrap().join("certs/ca.pem"));
+    }
 
     #[test]
     fn defaults_and_mistakes() {

@@ -226,3 +226,136 @@ fn pki_dev_makes_certificates_openssl_accepts() {
         );
     }
 }
+
+/// Whether every agency's public key in `keys_file` is the public half of
+/// its private signing key in the PKI directory `pki`.
+fn keys_match_pki(keys_file: &std::path::Path, pki: &std::path::Path) -> bool {
+    let registry = samverkan_sdk::keys::KeyRegistry::load(keys_file).unwrap();
+    let owners: Vec<String> = registry.iter().map(|k| k.owner.clone()).collect();
+    assert!(owners.len() >= 7, "{owners:?}");
+    owners.iter().all(|agency| {
+        let private =
+            samverkan_sdk::keys::read_signing_key(&pki.join(agency).join("signing.key")).unwrap();
+        registry
+            .keys_of(agency)
+            .any(|k| k.public_key == private.verifying_key())
+    })
+}
+
+#[test]
+fn pki_dev_elsewhere_writes_the_public_keys_beside_the_private_ones() {
+    let work = tempfile::tempdir().unwrap();
+    let policies = work.path().join("policies");
+    copy_dir(&shipped(), &policies);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_samverkan"))
+            .args(args)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+
+    // The development layout: certs-dev/ and policies/ belong together.
+    run(&["pki", "dev"]);
+    let committed = std::fs::read_to_string(policies.join("keys.toml")).unwrap();
+    assert!(keys_match_pki(
+        &policies.join("keys.toml"),
+        &work.path().join("certs-dev")
+    ));
+
+    // Another directory: the policy set is only read, the public keys go
+    // beside the private halves.
+    let other = work.path().join("elsewhere");
+    let stdout = run(&["pki", "dev", "--out", other.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(policies.join("keys.toml")).unwrap(),
+        committed,
+        "policies/keys.toml was rewritten for another PKI"
+    );
+    assert!(keys_match_pki(
+        &policies.join("keys.toml"),
+        &work.path().join("certs-dev")
+    ));
+    assert!(keys_match_pki(&other.join("keys.toml"), &other));
+    assert!(
+        stdout.contains(&other.join("keys.toml").display().to_string()),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--policies"), "{stdout}");
+
+    // With --policies given, that policy set follows the new PKI.
+    run(&[
+        "pki",
+        "dev",
+        "--out",
+        other.to_str().unwrap(),
+        "--policies",
+        "policies",
+        "--force",
+    ]);
+    assert!(keys_match_pki(&policies.join("keys.toml"), &other));
+}
+
+/// Runs `samverkan` in `dir` with standard output a pipe whose reader has
+/// already gone (as `samverkan … | head -1` once `head` has exited).
+#[cfg(unix)]
+fn samverkan_into_closed_pipe(args: &[&str], dir: &std::path::Path) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_samverkan"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(writer)
+        .output()
+        .unwrap()
+}
+
+/// The program ended as a Unix tool does when its reader goes: by SIGPIPE,
+/// without a word on standard error.
+#[cfg(unix)]
+fn assert_ended_by_sigpipe(out: &Output, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGPIPE: i32 = 13;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGPIPE),
+        "{what}: {:?}, stderr: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "{what}: {stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_commands_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(&shipped(), &work.path().join("policies"));
+    let out = samverkan_into_closed_pipe(&["pki", "dev"], work.path());
+    assert_ended_by_sigpipe(&out, "pki dev");
+    // The PKI is complete (written before the report), so the rest can run.
+    assert!(work.path().join("certs-dev/akrimost/signing.key").exists());
+
+    let out = samverkan_into_closed_pipe(&["policy", "check"], work.path());
+    assert_ended_by_sigpipe(&out, "policy check");
+    let out = samverkan_into_closed_pipe(
+        &[
+            "policy",
+            "explain",
+            "--from",
+            "polisen",
+            "--to",
+            "linkoping",
+            "--type",
+            "akrim.inspection_result",
+        ],
+        work.path(),
+    );
+    assert_ended_by_sigpipe(&out, "policy explain");
+    let out = samverkan_into_closed_pipe(&["audit", "verify"], work.path());
+    assert_ended_by_sigpipe(&out, "audit verify");
+}

@@ -26,6 +26,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod client;
+pub mod closed_output;
 pub mod encoding;
 pub mod envelope;
 pub mod identifiers;

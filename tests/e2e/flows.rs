@@ -284,3 +284,127 @@ async fn a_burst_larger_than_rumqttds_ring_is_answered_without_resends() {
     );
     eprintln!("{BURST} alerts answered in {:?}", started.elapsed());
 }
+
+/// Runs `program` in `dir` with standard output a pipe whose reader has
+/// already gone (as `program … | head -1` once `head` has exited), and waits
+/// at most a minute for it to end.
+#[cfg(unix)]
+fn run_into_closed_pipe(
+    program: &std::path::Path,
+    args: &[String],
+    dir: &std::path::Path,
+) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "{} {args:?} did not end: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The program ended as a Unix tool does when its reader goes: by SIGPIPE,
+/// without a panic or a message.
+#[cfg(unix)]
+fn assert_ended_by_sigpipe(out: &std::process::Output, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGPIPE: i32 = 13;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGPIPE),
+        "{what}: {:?}, stderr: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "{what}: {stderr}");
+}
+
+/// `samverkan-client publish | head -1`, `samverkan-client follow | head -1`
+/// and `samverkan audit query --format json | head -1` end quietly once the
+/// reader has gone.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_closed_stdout_ends_the_client_and_the_audit_commands_quietly() {
+    let mut broker = TestBroker::start().await;
+    let dir = broker.dir.path().to_path_buf();
+    let client = samverkan_e2e::samverkan_binary().with_file_name("samverkan-client");
+    let connection = |agency: &str| {
+        [
+            "--agency",
+            agency,
+            "--broker",
+            &format!("localhost:{}", broker.addr().port()),
+            "--certs",
+            "certs-dev",
+            "--keys",
+            "policies/keys.toml",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/incorrect-payment.json")
+        .display()
+        .to_string();
+    let mut publish = vec!["publish".to_string()];
+    publish.extend(connection("forsakringskassan"));
+    publish.extend(
+        [
+            "--topic",
+            "welfare/incorrect-payment/ost",
+            "--type",
+            "welfare.incorrect_payment",
+            "--file",
+            &example,
+        ]
+        .map(String::from),
+    );
+    // The broker runs on this test's runtime: the client waits elsewhere.
+    let (program, run_dir) = (client.clone(), dir.clone());
+    let out =
+        tokio::task::spawn_blocking(move || run_into_closed_pipe(&program, &publish, &run_dir))
+            .await
+            .unwrap();
+    assert_ended_by_sigpipe(&out, "samverkan-client publish");
+
+    // Linköping's share is replayed to `follow`, which cannot print it.
+    let mut follow = vec!["follow".to_string()];
+    follow.extend(connection("linkoping"));
+    let (program, run_dir) = (client.clone(), dir.clone());
+    let out =
+        tokio::task::spawn_blocking(move || run_into_closed_pipe(&program, &follow, &run_dir))
+            .await
+            .unwrap();
+    assert_ended_by_sigpipe(&out, "samverkan-client follow");
+
+    broker.stop().await;
+    let query = [
+        "audit",
+        "query",
+        "--format",
+        "json",
+        "--store",
+        &broker.config.store_url,
+        "--broker-keys",
+        &broker.pki().broker_keys().display().to_string(),
+    ]
+    .map(String::from);
+    let out = run_into_closed_pipe(&samverkan_e2e::samverkan_binary(), &query, &dir);
+    assert_ended_by_sigpipe(&out, "samverkan audit query --format json");
+}

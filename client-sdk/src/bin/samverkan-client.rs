@@ -90,6 +90,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `samverkan-client follow … | head -1`: end quietly, as Unix tools do, once the reader has gone.
+    samverkan_sdk::closed_output::end_quietly_when_closed();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            samverkan_sdk::closed_output::end_if_closed(e.as_ref());
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

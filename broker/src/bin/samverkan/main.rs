@@ -27,8 +27,12 @@ struct Cli {
 enum Command {
     /// Run the broker. Without --config: development defaults in the working
     /// directory (policies/, certs-dev/ generated if missing, samverkan.db).
+    #[command(
+        after_help = "Every setting of the configuration file, with its default and why, is in samverkan.example.toml at the root of the source repository. Relative paths in a configuration file resolve against the file's directory, not the working directory; a relative sqlite:// path given with --store resolves against the working directory."
+    )]
     Serve {
-        /// A configuration file (TOML).
+        /// A configuration file (TOML; every setting is optional, see samverkan.example.toml).
+        /// Relative paths in it resolve against its directory.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override the public listen address.
@@ -55,7 +59,7 @@ enum Command {
     },
     /// Talk to a running broker: reload its policy and CRL, or ask its health.
     Admin {
-        /// The broker's admin endpoint.
+        /// The broker's admin endpoint ([admin] listen in its configuration file).
         #[arg(long, default_value = "127.0.0.1:9883")]
         admin: std::net::SocketAddr,
         #[command(subcommand)]
@@ -222,9 +226,13 @@ enum PkiCommand {
         /// Where to write certificates and keys.
         #[arg(long, default_value = "certs-dev")]
         out: PathBuf,
-        /// The policy set whose agencies get certificates; its keys.toml is rewritten.
-        #[arg(long, default_value = "policies")]
-        policies: PathBuf,
+        /// The policy set whose agencies get certificates (default: policies);
+        /// given, its keys.toml is rewritten with their new public keys.
+        /// Without it, policies/keys.toml is rewritten only for --out certs-dev
+        /// (the development layout); any other --out gets the public keys in
+        /// OUT/keys.toml, beside their private halves.
+        #[arg(long)]
+        policies: Option<PathBuf>,
         /// Overwrite an existing PKI in --out.
         #[arg(long)]
         force: bool,
@@ -253,6 +261,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // `samverkan … | head -1`: end quietly, as Unix tools do, once the reader has gone.
+    samverkan_sdk::closed_output::end_quietly_when_closed();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
@@ -350,12 +360,13 @@ fn main() -> ExitCode {
                 out,
                 policies,
                 force,
-            } => pki_cmd::dev(&out, &policies, force),
+            } => pki_cmd::dev(&out, policies.as_deref(), force),
         },
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            samverkan_sdk::closed_output::end_if_closed(e.as_ref());
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

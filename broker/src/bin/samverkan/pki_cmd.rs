@@ -1,20 +1,46 @@
 //! `samverkan pki …`
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use samverkan_broker::config::DEV_PKI_DIR;
 use samverkan_broker::pki;
 
-pub fn dev(out: &Path, policies: &Path, force: bool) -> Result<ExitCode> {
+/// The policy set whose agencies get certificates.
+const DEFAULT_POLICIES: &str = "policies";
+
+/// Where the agencies' new public signing keys go: into the policy set's
+/// `keys.toml` when `--policies` names it, or when the PKI is the
+/// development one (`certs-dev/`, beside `policies/`, the layout
+/// `samverkan serve` uses by default); otherwise into `OUT/keys.toml`, beside
+/// their private halves, so a PKI made elsewhere never leaves the policy set
+/// with keys whose private halves are not in `certs-dev/`.
+fn keys_file(out: &Path, policies: Option<&Path>) -> Result<(PathBuf, bool)> {
+    if let Some(dir) = policies {
+        return Ok((dir.join("keys.toml"), true));
+    }
+    let absolute = |p: &Path| {
+        std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+    };
+    if absolute(out)? == absolute(Path::new(DEV_PKI_DIR))? {
+        Ok((Path::new(DEFAULT_POLICIES).join("keys.toml"), true))
+    } else {
+        Ok((out.join("keys.toml"), false))
+    }
+}
+
+pub fn dev(out: &Path, policies: Option<&Path>, force: bool) -> Result<ExitCode> {
+    let (keys_file, into_policy_set) = keys_file(out, policies)?;
+    let policies = policies.unwrap_or(Path::new(DEFAULT_POLICIES));
     if out.join("ca.pem").exists() && !force {
         bail!(
             "{} already holds a PKI (ca.pem exists); pass --force to replace it (this also rewrites {})",
             out.display(),
-            policies.join("keys.toml").display()
+            keys_file.display()
         );
     }
-    let report = pki::generate_dev(out, policies)?;
+    let report = pki::generate_dev_with_keys_file(out, policies, &keys_file)?;
     println!(
         "DEVELOPMENT PKI written to {} (not for production)",
         report.dir.display()
@@ -38,6 +64,13 @@ pub fn dev(out: &Path, policies: &Path, force: bool) -> Result<ExitCode> {
         "  agency public signing keys written to {}",
         report.keys_file.display()
     );
+    if !into_policy_set {
+        println!(
+            "  {} was only read: it belongs to {DEV_PKI_DIR}/. To use this PKI, put {} into a policy set (or run again with --policies DIR).",
+            policies.display(),
+            report.keys_file.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -97,7 +97,7 @@ async fn run(name: &str, url: &str, entries: u64) {
     // Two signed checkpoints: half way and at the end.
     let (half, half_root) = half_root.unwrap_or((entries, frontier.root()));
     for (size, root) in [(half, half_root), (entries, frontier.root())] {
-        let note = sign_checkpoint("samverkan-bench/audit", size, &root, 0, &key).unwrap();
+        let note = sign_checkpoint("samverkan-bench/audit", size, &root, 0, None, &key).unwrap();
         store
             .insert_checkpoint(&StoredCheckpoint {
                 size,

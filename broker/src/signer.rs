@@ -40,15 +40,18 @@ impl BrokerSigner {
     }
 
     /// Signs a checkpoint (C2SP tlog-checkpoint as a signed note) for the
-    /// audit log named `origin`.
+    /// audit log named `origin`; `prev` is the size of the last one stored.
     pub fn sign_checkpoint(
         &self,
         origin: &str,
         size: u64,
         root: &[u8; 32],
         time_ms: i64,
+        prev: Option<u64>,
     ) -> Result<String, samverkan_sdk::audit::AuditProofError> {
-        samverkan_sdk::audit::checkpoint::sign_checkpoint(origin, size, root, time_ms, &self.key)
+        samverkan_sdk::audit::checkpoint::sign_checkpoint(
+            origin, size, root, time_ms, prev, &self.key,
+        )
     }
 
     /// Signs `value` as a JSON body under the domain `tag`.

@@ -42,6 +42,11 @@ on_both_backends!(
     subject_lookup_finds_exactly_the_persons_shares,
     retention_purges_content_but_not_the_proof,
     retention_purges_alert_types_no_longer_in_the_policy,
+    verify_checks_stored_content_against_the_log,
+    verify_finds_a_deleted_checkpoint,
+    verify_names_the_first_changed_entry_even_when_rehashed,
+    rollback_is_found_only_against_kept_checkpoints,
+    evidence_in_any_other_form_is_refused,
 );
 
 /// A fictitious personnummer other than Tolvan's.
@@ -155,12 +160,13 @@ async fn tampering_is_detected(backend: Backend) {
         "{}",
         text(&out)
     );
-    // …and with the whole tree recomputed too, the signed checkpoint does.
+    // …and with the whole tree recomputed too, the broker's signed receipt
+    // names the entry.
     broker.rebuild_tree().await;
     let out = broker.samverkan(&["audit", "verify", "--quiet"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("does not match the signed checkpoint"),
+        text(&out).contains(&format!("entry {share} differs from the receipt")),
         "{}",
         text(&out)
     );
@@ -329,6 +335,28 @@ async fn subject_lookup_finds_exactly_the_persons_shares(backend: Backend) {
             .all(|e| e.kind == EntryKind::Share && e.recipient.as_deref() == Some("linkoping"))
     );
     assert!(!alerts.contains(&about_other[0]));
+    // As a table: the summary, the entries and the count, each a whole line
+    // on standard output, and nothing on standard error.
+    let out = broker.samverkan(&["audit", "subject", TEST_PNR]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.starts_with("2 share(s) about this subject; received by: linkoping\n"),
+        "{table}"
+    );
+    assert!(table.ends_with("\n2 entries\n"), "{table}");
+    // Captured (not a terminal), no command writes progress that rewrites
+    // its line, so two commands' output never runs together.
+    let out = broker.samverkan(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !out.stderr.contains(&b'\r') && !out.stdout.contains(&b'\r'),
+        "{}",
+        text(&out)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.is_empty() || stderr.ends_with('\n'), "{stderr}");
     // The short form of the same number finds the same shares; the log holds no numbers.
     let out = broker.samverkan(&["audit", "subject", "121212+1212", "--format", "json"]);
     assert_eq!(
@@ -470,4 +498,372 @@ async fn store_share_index(broker: &TestBroker) -> u64 {
     let first = String::from_utf8(out.stdout).unwrap();
     let entry: AuditEntry = serde_json::from_str(first.lines().next().unwrap()).unwrap();
     entry.index
+}
+
+/// `audit verify` must fail (exit 1) and say `expected`.
+fn assert_verify_fails(broker: &TestBroker, extra: &[&str], expected: &str) {
+    let mut args = vec!["audit", "verify", "--quiet"];
+    args.extend_from_slice(extra);
+    let out = broker.samverkan(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(expected),
+        "lacks `{expected}`:\n{}",
+        text(&out)
+    );
+}
+
+fn assert_verifies(broker: &TestBroker) -> String {
+    let out = broker.samverkan(&["audit", "verify", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// One column of the rows matching `condition`, as bytes (text columns as UTF-8).
+async fn read_column(broker: &TestBroker, table: &str, column: &str, condition: &str) -> Vec<u8> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&broker.config.store_url)
+        .await
+        .unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {column} AS v FROM {table} WHERE {condition}"
+    )))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    row.try_get::<Vec<u8>, _>("v")
+        .or_else(|_| row.try_get::<String, _>("v").map(String::into_bytes))
+        .unwrap()
+}
+
+/// Sets one column of the rows matching `condition` (bytes, text or NULL).
+async fn write_column(
+    broker: &TestBroker,
+    table: &str,
+    column: &str,
+    condition: &str,
+    value: Option<Vec<u8>>,
+    as_text: bool,
+) -> u64 {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&broker.config.store_url)
+        .await
+        .unwrap();
+    let sql = sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET {column} = $1 WHERE {condition}"
+    ));
+    let q = sqlx::query(sql);
+    let q = match (value, as_text) {
+        (Some(v), true) => q.bind(String::from_utf8(v).unwrap()),
+        (Some(v), false) => q.bind(v),
+        (None, true) => q.bind(None::<String>),
+        (None, false) => q.bind(None::<Vec<u8>>),
+    };
+    q.execute(&mut conn).await.unwrap().rows_affected()
+}
+
+async fn shares(broker: &TestBroker) -> Vec<AuditEntry> {
+    let out = broker.samverkan(&["audit", "query", "--kind", "share", "--format", "json"]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn verify_checks_stored_content_against_the_log(backend: Backend) {
+    let mut broker = started(backend).await;
+    let ids = publish_all(
+        &broker,
+        vec![payment_about(TEST_PNR), payment_about(&other_person())],
+    )
+    .await;
+    broker.broker().checkpoint_now().await.unwrap();
+    broker.stop().await;
+    assert_verifies(&broker);
+    let shares = shares(&broker).await;
+    let share = shares
+        .iter()
+        .find(|e| e.alert_id.as_deref() == Some(ids[0].as_str()))
+        .unwrap();
+    let version = share.policy_version.clone().unwrap();
+
+    // The archived text of the policy version the entries name.
+    let at_version = format!("version = '{version}'");
+    let files = read_column(&broker, "policy_versions", "files", &at_version).await;
+    let changed = String::from_utf8(files.clone()).unwrap().replacen(
+        "uppgiftsskyldighet",
+        "uppgiftsskyldigheT",
+        1,
+    );
+    assert_ne!(changed.as_bytes(), files.as_slice());
+    let set = |v| write_column(&broker, "policy_versions", "files", &at_version, v, true);
+    assert_eq!(set(Some(changed.into_bytes())).await, 1);
+    assert_verify_fails(&broker, &[], &format!("policy version {version}"));
+    set(Some(files)).await;
+    assert_verifies(&broker);
+
+    // The publisher's signed envelope of one alert, replaced by another's.
+    let alert = |id: &str| format!("alert_id = '{id}'");
+    let envelope = read_column(&broker, "alerts", "signed_envelope", &alert(&ids[0])).await;
+    let other = read_column(&broker, "alerts", "signed_envelope", &alert(&ids[1])).await;
+    let first = alert(&ids[0]);
+    let set = |v| write_column(&broker, "alerts", "signed_envelope", &first, v, false);
+    assert_eq!(set(Some(other)).await, 1);
+    assert_verify_fails(
+        &broker,
+        &[],
+        &format!("the stored signed envelope of alert {}", ids[0]),
+    );
+    // One changed signature byte.
+    let mut flipped = envelope.clone();
+    let at = String::from_utf8_lossy(&envelope)
+        .find("\"signature\":\"")
+        .unwrap()
+        + 14;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    set(Some(flipped)).await;
+    assert_verify_fails(
+        &broker,
+        &[],
+        &format!("the stored signed envelope of alert {}", ids[0]),
+    );
+    set(Some(envelope)).await;
+    assert_verifies(&broker);
+
+    // The delivery of one share: replaced by another share's, or removed
+    // without a retention purge.
+    let delivery = |idx: u64| format!("audit_idx = {idx}");
+    let other_share = shares.iter().find(|e| e.index != share.index).unwrap();
+    let payload = read_column(&broker, "deliveries", "payload", &delivery(share.index)).await;
+    let other = read_column(
+        &broker,
+        "deliveries",
+        "payload",
+        &delivery(other_share.index),
+    )
+    .await;
+    let this = delivery(share.index);
+    let set = |v| write_column(&broker, "deliveries", "payload", &this, v, false);
+    assert_eq!(set(Some(other)).await, 1);
+    assert_verify_fails(
+        &broker,
+        &[],
+        &format!("the stored delivery of entry {}", share.index),
+    );
+    set(None).await;
+    assert_verify_fails(
+        &broker,
+        &[],
+        &format!(
+            "the stored delivery of entry {}: its content was removed, but no retention purge",
+            share.index
+        ),
+    );
+    set(Some(payload)).await;
+    assert_verifies(&broker);
+}
+
+async fn verify_finds_a_deleted_checkpoint(backend: Backend) {
+    let mut broker = started(backend).await;
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        publish_all(&broker, vec![payment_about(TEST_PNR)]).await;
+        sizes.push(broker.broker().checkpoint_now().await.unwrap());
+    }
+    broker.stop().await;
+    assert_verifies(&broker);
+    // Each of them: the first, one in the middle.
+    for size in [sizes[0], sizes[1]] {
+        let condition = format!("size = {size}");
+        let note = read_column(&broker, "checkpoints", "note", &condition).await;
+        let root = read_column(&broker, "checkpoints", "root", &condition).await;
+        let at: i64 = String::from_utf8(note.clone())
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("time "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            broker
+                .execute_sql(&format!("DELETE FROM checkpoints WHERE {condition}"))
+                .await,
+            1
+        );
+        assert_verify_fails(
+            &broker,
+            &[],
+            &format!("the signed checkpoint of size {size} is missing"),
+        );
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::AnyConnection::connect(&broker.config.store_url)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO checkpoints (size, root, at_ms, note) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(size as i64)
+            .bind(root)
+            .bind(at)
+            .bind(String::from_utf8(note).unwrap())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        assert_verifies(&broker);
+    }
+    // A stored time that is not the signed one.
+    assert_eq!(
+        broker
+            .execute_sql(&format!(
+                "UPDATE checkpoints SET at_ms = at_ms + 1 WHERE size = {}",
+                sizes[1]
+            ))
+            .await,
+        1
+    );
+    assert_verify_fails(&broker, &[], &format!("checkpoint of size {}", sizes[1]));
+}
+
+async fn verify_names_the_first_changed_entry_even_when_rehashed(backend: Backend) {
+    let mut broker = started(backend).await;
+    publish_all(
+        &broker,
+        vec![
+            payment_about(TEST_PNR),
+            payment_about(&other_person()),
+            payment_about(TEST_PNR),
+        ],
+    )
+    .await;
+    broker.broker().checkpoint_now().await.unwrap();
+    broker.stop().await;
+    let shares = shares(&broker).await;
+    assert!(shares.len() >= 3);
+    // Two entries changed, leaf hashes and the whole tree recomputed: only
+    // the signed checkpoint and the broker's signed records still differ.
+    for share in [&shares[2], &shares[1]] {
+        let mut forged = share.clone();
+        forged.recipient = Some("norrkoping".into());
+        broker.rewrite_audit_row(&forged).await;
+    }
+    broker.rebuild_tree().await;
+    assert_verify_fails(
+        &broker,
+        &[],
+        &format!("entry {} differs from the receipt", shares[1].index),
+    );
+}
+
+async fn rollback_is_found_only_against_kept_checkpoints(backend: Backend) {
+    let mut broker = started(backend).await;
+    publish_all(&broker, vec![payment_about(TEST_PNR)]).await;
+    let kept_before = broker.broker().checkpoint_now().await.unwrap();
+    let later = publish_all(&broker, vec![payment_about(&other_person())]).await;
+    let size = broker.broker().checkpoint_now().await.unwrap();
+    let note = broker
+        .broker()
+        .store()
+        .latest_checkpoint()
+        .await
+        .unwrap()
+        .unwrap()
+        .note;
+    assert!(size > kept_before);
+    broker.stop().await;
+    // An agency kept the newest checkpoint.
+    let kept = broker.dir.path().join("kept-checkpoint.txt");
+    std::fs::write(&kept, &note).unwrap();
+
+    // Roll back: the newest entries, their tree, checkpoints and rows.
+    let first_stored = 2 * kept_before - u64::from(kept_before.count_ones());
+    for sql in [
+        format!("DELETE FROM audit_entries WHERE idx >= {kept_before}"),
+        format!("DELETE FROM tree_hashes WHERE idx >= {first_stored}"),
+        format!("DELETE FROM checkpoints WHERE size > {kept_before}"),
+        format!("DELETE FROM audit_subjects WHERE idx >= {kept_before}"),
+        format!("DELETE FROM deliveries WHERE audit_idx >= {kept_before}"),
+        format!("DELETE FROM alerts WHERE alert_id = '{}'", later[0]),
+    ] {
+        broker.execute_sql(&sql).await;
+    }
+    // Without checkpoints kept elsewhere it cannot be seen, and verify says so.
+    let said = assert_verifies(&broker);
+    assert!(
+        said.contains("a rollback (the newest entries removed together with their checkpoints) cannot be detected from the database alone"),
+        "{said}"
+    );
+    // With the agency's checkpoint it is found.
+    assert_verify_fails(
+        &broker,
+        &["--checkpoint", kept.to_str().unwrap()],
+        &format!(
+            "the log was rolled back: a signed checkpoint covers {size} entries but the log has only {kept_before}"
+        ),
+    );
+}
+
+async fn evidence_in_any_other_form_is_refused(backend: Backend) {
+    use samverkan_sdk::audit::evidence::EvidenceBundle;
+    let mut broker = started(backend).await;
+    publish_all(&broker, vec![payment_about(TEST_PNR)]).await;
+    broker.broker().checkpoint_now().await.unwrap();
+    broker.stop().await;
+    let share = shares(&broker).await.remove(0);
+    let out = broker.samverkan(&["audit", "prove", &share.index.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bytes = out.stdout;
+    let keys = KeyRegistry::load(&broker.pki().broker_keys()).unwrap();
+    check_bundle(&bytes, &keys).unwrap();
+    let bundle: EvidenceBundle = serde_json::from_slice(&bytes).unwrap();
+    // Written as the writer always did (pretty JSON, members as given), so
+    // only the variation itself differs.
+    let write = |b: &EvidenceBundle| {
+        let mut v = serde_json::to_vec_pretty(b).unwrap();
+        v.push(b'\n');
+        v
+    };
+    assert_eq!(write(&bundle), bytes);
+
+    let mut upper = bundle.clone();
+    let hash = upper
+        .inclusion_proof
+        .iter_mut()
+        .find(|h| h.chars().any(|c| c.is_ascii_alphabetic()))
+        .unwrap();
+    *hash = hash.to_ascii_uppercase();
+    let mut reordered = bundle.clone();
+    reordered.policy_files.reverse();
+    assert!(reordered.policy_files.len() > 1);
+    let signature_line = bundle.checkpoint.lines().last().unwrap().to_string();
+    let mut twice = bundle.clone();
+    twice.checkpoint.push_str(&format!("{signature_line}\n"));
+    let mut cosigned = bundle.clone();
+    cosigned.checkpoint.push_str(&format!(
+        "\u{2014} witness.example/w1 {}\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 76])
+    ));
+    for (what, variant) in [
+        ("upper-case hex in the inclusion proof", &upper),
+        ("policy files out of order", &reordered),
+        ("the broker's signature line twice", &twice),
+        ("another signature line", &cosigned),
+    ] {
+        let changed = write(variant);
+        assert_ne!(changed, bytes, "{what}");
+        let err = check_bundle(&changed, &keys).expect_err(what);
+        assert!(
+            err.to_string().contains("malformed evidence bundle"),
+            "{what}: {err}"
+        );
+        let path = broker.dir.path().join("variant.json");
+        std::fs::write(&path, &changed).unwrap();
+        let out = broker.samverkan(&["audit", "check-proof", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert!(text(&out).contains("EVIDENCE DOES NOT VERIFY"), "{what}");
+    }
 }

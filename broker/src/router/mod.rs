@@ -517,7 +517,7 @@ impl Router {
         let root = self.committed.root();
         let note = self
             .signer
-            .sign_checkpoint(&self.audit.origin, size, &root, now)
+            .sign_checkpoint(&self.audit.origin, size, &root, now, self.checkpointed)
             .map_err(|e| e.to_string())?;
         self.store
             .insert_checkpoint(&StoredCheckpoint {

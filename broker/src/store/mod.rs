@@ -179,6 +179,54 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// An accepted alert as `audit verify` reads it back.
+#[derive(Debug, Clone)]
+pub struct StoredAlert {
+    /// The publishing agency.
+    pub publisher: String,
+    /// The publisher's alert id.
+    pub alert_id: String,
+    /// Hex SHA-256 of the signing input.
+    pub envelope_hash: String,
+    /// The alert type.
+    pub alert_type: String,
+    /// The logical topic.
+    pub topic: String,
+    /// When the broker received it.
+    pub received_at_ms: i64,
+    /// The policy version that decided.
+    pub policy_version: String,
+    /// The envelope without disclosures (JSON).
+    pub signed_envelope: Vec<u8>,
+    /// The complete envelope, unless purged.
+    pub content: Option<Vec<u8>>,
+    /// The signed receipt (JSON).
+    pub receipt: Vec<u8>,
+}
+
+/// A delivery row as `audit verify` reads it back.
+#[derive(Debug, Clone)]
+pub struct StoredDelivery {
+    /// The share id.
+    pub share_id: String,
+    /// The receiving agency.
+    pub recipient: String,
+    /// The alert shared.
+    pub alert_id: String,
+    /// Its publisher.
+    pub publisher: String,
+    /// Its alert type.
+    pub alert_type: String,
+    /// The logical topic.
+    pub topic: String,
+    /// The share's audit entry.
+    pub audit_idx: u64,
+    /// The signed delivery message, unless purged.
+    pub payload: Option<Vec<u8>>,
+    /// When it was recorded.
+    pub created_at_ms: i64,
+}
+
 /// Filters for [`Store::audit_query`]; every set filter must match.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -752,6 +800,135 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(decode_checkpoint).transpose()
+    }
+
+    /// Up to `limit` checkpoints larger than `after` (all, if `None`), by size.
+    pub async fn checkpoints_after(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT size, root, at_ms, note FROM checkpoints WHERE size > $1 ORDER BY size LIMIT $2",
+        )
+        .bind(after.map_or(-1, to_i64))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
+    /// The alerts that the share and denial entries with index in
+    /// `[from, to)` are about.
+    pub async fn alerts_of_entries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<StoredAlert>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT publisher, alert_id, envelope_hash, alert_type, topic, received_at_ms, policy_version, signed_envelope, content, receipt FROM alerts \
+             WHERE alert_id IN (SELECT alert_id FROM audit_entries WHERE idx >= $1 AND idx < $2 AND kind IN ('share', 'denial'))",
+        )
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAlert {
+                    publisher: r.try_get("publisher")?,
+                    alert_id: r.try_get("alert_id")?,
+                    envelope_hash: r.try_get("envelope_hash")?,
+                    alert_type: r.try_get("alert_type")?,
+                    topic: r.try_get("topic")?,
+                    received_at_ms: r.try_get("received_at_ms")?,
+                    policy_version: r.try_get("policy_version")?,
+                    signed_envelope: r.try_get("signed_envelope")?,
+                    content: r.try_get("content")?,
+                    receipt: r.try_get("receipt")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The deliveries of the entries with index in `[from, to)`.
+    pub async fn deliveries_of_entries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE audit_idx >= $1 AND audit_idx < $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let idx: i64 = r.try_get("audit_idx")?;
+                Ok(StoredDelivery {
+                    share_id: r.try_get("share_id")?,
+                    recipient: r.try_get("recipient")?,
+                    alert_id: r.try_get("alert_id")?,
+                    publisher: r.try_get("publisher")?,
+                    alert_type: r.try_get("alert_type")?,
+                    topic: r.try_get("topic")?,
+                    audit_idx: u64::try_from(idx)
+                        .map_err(|_| StoreError::Corrupt("negative audit_idx".into()))?,
+                    payload: r.try_get("payload")?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The subject index rows `(subject_hash, idx)` of the entries with
+    /// index in `[from, to)`.
+    pub async fn subjects_of_entries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject_hash, idx FROM audit_subjects WHERE idx >= $1 AND idx < $2",
+        )
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let idx: i64 = r.try_get("idx")?;
+                Ok((
+                    r.try_get("subject_hash")?,
+                    u64::try_from(idx).map_err(|_| StoreError::Corrupt("negative idx".into()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Rows that refer to no entry of a log of `size` entries: deliveries
+    /// and subject rows of later indices, and alerts no entry records.
+    pub async fn rows_without_entries(&self, size: u64) -> Result<(u64, u64, u64), StoreError> {
+        let count = |sql: &'static str| async move {
+            let row = sqlx::query(sql)
+                .bind(to_i64(size))
+                .fetch_one(&self.pool)
+                .await?;
+            let n: i64 = row.try_get("n")?;
+            Ok::<u64, StoreError>(u64::try_from(n).unwrap_or(0))
+        };
+        Ok((
+            count("SELECT COUNT(*) AS n FROM deliveries WHERE audit_idx >= $1").await?,
+            count("SELECT COUNT(*) AS n FROM audit_subjects WHERE idx >= $1").await?,
+            count(
+                "SELECT COUNT(*) AS n FROM alerts a WHERE $1 >= 0 AND NOT EXISTS \
+                 (SELECT 1 FROM audit_entries e WHERE e.alert_id = a.alert_id AND e.publisher = a.publisher)",
+            )
+            .await?,
+        ))
     }
 
     /// Audit entries with index in `[from, to)` with their stored leaf hashes.

@@ -9,9 +9,14 @@
 //! 1042                         ← tree size (entries)
 //! 9b8c…base64…=                ← root hash (standard base64)
 //! time 1795957284308           ← extension: signing time, ms since epoch
+//! prev 1000                    ← extension: the size of the previous checkpoint
 //!
 //! — samverkan-dev/audit Az3X…  ← signature line: base64(key id ‖ ed25519 signature)
 //! ```
+//!
+//! The `prev` line chains the checkpoints the broker signs, so a checkpoint
+//! removed from the broker's store is missed by the next one (the first
+//! checkpoint of a log, and those signed before the line existed, have none).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -39,6 +44,8 @@ pub struct SignedCheckpoint {
     pub root: NodeHash,
     /// When the broker signed it.
     pub time_ms: i64,
+    /// The size of the checkpoint the broker signed before this one, if named.
+    pub prev: Option<u64>,
     /// The id of the broker key in `broker-keys.toml` that signed.
     pub key_id: String,
     /// The complete signed note.
@@ -111,16 +118,27 @@ impl Verifier for NoteVerifier {
     }
 }
 
-/// Signs a checkpoint for a tree of `size` entries with `root` at `time_ms`.
+/// The extension lines the broker writes: `time`, then `prev` when there
+/// was an earlier checkpoint.
+fn extension(time_ms: i64, prev: Option<u64>) -> String {
+    match prev {
+        Some(p) => format!("time {time_ms}\nprev {p}\n"),
+        None => format!("time {time_ms}\n"),
+    }
+}
+
+/// Signs a checkpoint for a tree of `size` entries with `root` at `time_ms`;
+/// `prev` is the size of the checkpoint signed before it, if any.
 pub fn sign_checkpoint(
     origin: &str,
     size: u64,
     root: &NodeHash,
     time_ms: i64,
+    prev: Option<u64>,
     key: &SigningKey,
 ) -> Result<String, AuditProofError> {
     let malformed = |e: String| AuditProofError::MalformedCheckpoint(e);
-    let text = Checkpoint::new(origin, size, Hash(*root), &format!("time {time_ms}\n"))
+    let text = Checkpoint::new(origin, size, Hash(*root), &extension(time_ms, prev))
         .map_err(|e| malformed(e.to_string()))?
         .to_bytes();
     let mut note = Note::new(&text, &[]).map_err(|e| malformed(e.to_string()))?;
@@ -147,6 +165,16 @@ pub fn verify_checkpoint(
         .find_map(|l| l.strip_prefix("time "))
         .and_then(|t| t.parse::<i64>().ok())
         .ok_or_else(|| AuditProofError::MalformedCheckpoint("no `time` extension line".into()))?;
+    let prev = match checkpoint
+        .extension()
+        .lines()
+        .find_map(|l| l.strip_prefix("prev "))
+    {
+        Some(p) => Some(p.parse::<u64>().map_err(|_| {
+            AuditProofError::MalformedCheckpoint(format!("`prev {p}` is not a size"))
+        })?),
+        None => None,
+    };
     let mut last_error = format!("no key of `{BROKER_KEY_OWNER}` in the registry signed it");
     for key in broker_keys.keys_of(BROKER_KEY_OWNER) {
         let verifier = NoteVerifier {
@@ -164,6 +192,7 @@ pub fn verify_checkpoint(
                     size: checkpoint.size(),
                     root: checkpoint.hash().0,
                     time_ms,
+                    prev,
                     key_id: key.key_id.clone(),
                     note: note.to_string(),
                 });
@@ -173,6 +202,46 @@ pub fn verify_checkpoint(
         }
     }
     Err(AuditProofError::CheckpointSignature(last_error))
+}
+
+/// Checks that `note` is exactly the note the broker signs for `checkpoint`
+/// (already verified with [`verify_checkpoint`]): the text rebuilt from its
+/// parts (origin, size, root, the `time` and `prev` lines, decimal without
+/// leading zeros, canonical base64), an empty line, and one signature line,
+/// the broker's, in canonical base64. Any other line, another signature
+/// line included, makes it differ.
+pub fn check_exact_note(note: &str, checkpoint: &SignedCheckpoint) -> Result<(), AuditProofError> {
+    let malformed = |e: String| AuditProofError::MalformedCheckpoint(e);
+    let text = Checkpoint::new(
+        &checkpoint.origin,
+        checkpoint.size,
+        Hash(checkpoint.root),
+        &extension(checkpoint.time_ms, checkpoint.prev),
+    )
+    .map_err(|e| malformed(e.to_string()))?
+    .to_bytes();
+    let text = String::from_utf8(text).map_err(|e| malformed(e.to_string()))?;
+    let rest = note
+        .strip_prefix(text.as_str())
+        .and_then(|r| r.strip_prefix('\n'))
+        .ok_or_else(|| {
+            malformed("its text is not exactly the checkpoint the broker signs".into())
+        })?;
+    let line = rest
+        .strip_suffix('\n')
+        .filter(|l| !l.contains('\n'))
+        .ok_or_else(|| {
+            malformed("it must carry exactly one signature line, the broker's".into())
+        })?;
+    // The one line is the broker's: `verify_checkpoint` found a broker
+    // signature among the lines.
+    line.strip_prefix("\u{2014} ")
+        .and_then(|l| l.strip_prefix(checkpoint.origin.as_str()))
+        .and_then(|l| l.strip_prefix(' '))
+        .and_then(|b| STANDARD.decode(b).ok().filter(|d| STANDARD.encode(d) == b))
+        .filter(|d| d.len() == 68)
+        .ok_or_else(|| malformed("its signature line is not in the broker's form".into()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,14 +266,27 @@ mod tests {
     #[test]
     fn sign_and_verify() {
         let key = SigningKey::from_bytes(&[3; 32]);
-        let note = sign_checkpoint("samverkan-test/audit", 7, &[9; 32], 1_000, &key).unwrap();
+        let note =
+            sign_checkpoint("samverkan-test/audit", 7, &[9; 32], 1_000, Some(5), &key).unwrap();
         assert!(note.starts_with("samverkan-test/audit\n7\n"), "{note}");
         assert!(
-            note.contains("\ntime 1000\n\n\u{2014} samverkan-test/audit "),
+            note.contains("\ntime 1000\nprev 5\n\n\u{2014} samverkan-test/audit "),
             "{note}"
         );
         let cp = verify_checkpoint(&note, &registry(&key)).unwrap();
         assert_eq!((cp.size, cp.root, cp.time_ms), (7, [9; 32], 1_000));
+        assert_eq!(cp.prev, Some(5));
+        check_exact_note(&note, &cp).unwrap();
+        // Another signature line, a leading zero, a missing `prev`: not the note signed.
+        let line = note.lines().last().unwrap();
+        assert!(check_exact_note(&format!("{note}{line}\n"), &cp).is_err());
+        let zero = note.replacen("\nprev 5\n", "\nprev 05\n", 1);
+        assert!(check_exact_note(&zero, &cp).is_err());
+        let first =
+            sign_checkpoint("samverkan-test/audit", 7, &[9; 32], 1_000, None, &key).unwrap();
+        let first = verify_checkpoint(&first, &registry(&key)).unwrap();
+        assert_eq!(first.prev, None);
+        assert!(check_exact_note(&first.note, &cp).is_err());
         assert_eq!(cp.key_id, "broker-1");
 
         // Another key, a changed size, a changed signature: refused.

@@ -12,14 +12,17 @@
 //!   recomputed and the rule and legal basis text shown are the ones in force.
 //!
 //! The bundle is pretty-printed JSON in a canonical form: the check refuses
-//! any byte that differs from the canonical form of what it parsed, so no
-//! byte of a bundle can be changed without the check failing.
+//! any byte that differs from the canonical form of what it parsed, and the
+//! parts whose text could vary without changing what they mean (the order of
+//! `policy_files`, the case of hex digits, the checkpoint's signature lines)
+//! have exactly one allowed form, so no byte of a bundle can be changed
+//! without the check failing.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::AuditProofError;
-use super::checkpoint::{SignedCheckpoint, verify_checkpoint};
+use super::checkpoint::{SignedCheckpoint, check_exact_note, verify_checkpoint};
 use super::entry::{AuditEntry, EntryKind};
 use super::proof::{parse_hashes, verify_inclusion};
 use crate::encoding::Writer;
@@ -89,12 +92,20 @@ pub struct EvidenceReport {
 }
 
 impl EvidenceBundle {
-    /// The canonical bytes of the bundle (what `audit prove` writes).
+    /// The canonical bytes of the bundle (what `audit prove` writes), with
+    /// `policy_files` sorted by path as bytes.
     pub fn to_canonical_json(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut sorted = self.clone();
+        sorted.policy_files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut out = serde_json::to_vec_pretty(&sorted).unwrap_or_default();
         out.push(b'\n');
         out
     }
+}
+
+/// Whether `s` is 64 lowercase hex digits (the only form of a proof hash).
+fn is_lower_hex_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The `[[<table>]]` block of a TOML file that contains `id = "<id>"`, as written.
@@ -142,12 +153,34 @@ pub fn check_bundle(
             "the file is not in the canonical form written by `audit prove` (it was edited)".into(),
         ));
     }
+    if let Some(i) = bundle
+        .inclusion_proof
+        .iter()
+        .position(|h| !is_lower_hex_hash(h))
+    {
+        return Err(malformed(format!(
+            "inclusion_proof[{i}] is not 64 lowercase hex digits"
+        )));
+    }
+    if let Some(pair) = bundle
+        .policy_files
+        .windows(2)
+        .find(|w| w[0].path.as_bytes() >= w[1].path.as_bytes())
+    {
+        return Err(malformed(format!(
+            "policy_files must be sorted by path, each once (`{}` before `{}`)",
+            pair[0].path, pair[1].path
+        )));
+    }
     if bundle.format != BUNDLE_FORMAT {
         return Err(malformed(format!("unknown format `{}`", bundle.format)));
     }
 
-    // 1. The checkpoint is the broker's.
+    // 1. The checkpoint is the broker's, exactly as the broker signed it:
+    // version 1 bundles carry no other signature line.
     let checkpoint = verify_checkpoint(&bundle.checkpoint, broker_keys)?;
+    check_exact_note(&bundle.checkpoint, &checkpoint)
+        .map_err(|e| malformed(format!("checkpoint: {e}")))?;
 
     // 2. The entry, as given, is a leaf of that tree.
     let entry = &bundle.entry;

@@ -85,51 +85,94 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// What `audit verify` cannot see, said with every result.
+const CANNOT_DETECT: &str = "\
+  not detectable from the database alone:
+    a rollback (the newest entries removed together with their checkpoints) cannot be detected from the database alone;
+      give checkpoints the agencies kept with --checkpoint FILE to detect it
+    the newest checkpoints removed while their entries stay (those entries then show as not yet covered)
+    entries appended with correct hashes before the broker signs its next checkpoint
+    a changed entry whose leaf hashes and tree were recomputed, when no record signed by the broker
+      covers the changed field, is found, but only as the range between two checkpoints";
+
 pub fn verify(source: &Source, witnessed: &[PathBuf], quiet: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
     let keys = source.broker_keys()?;
     let notes = witnessed
         .iter()
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
+    // Progress rewrites one line, so only on a terminal: captured, it would
+    // run into whatever is written next.
+    let show_progress = !quiet && std::io::stderr().is_terminal();
     runtime()?.block_on(async {
         let store = source.store().await?;
         let started = std::time::Instant::now();
         let mut last_report = std::time::Instant::now();
+        let mut shown = false;
         let result = verify_log(&store, &keys, &notes, |done, total| {
-            if !quiet && (last_report.elapsed().as_secs() >= 1 || done == total) {
+            if show_progress && (last_report.elapsed().as_secs() >= 1 || done == total) {
                 eprint!("\rverified {done} of {total} entries");
+                shown = true;
                 last_report = std::time::Instant::now();
             }
         })
         .await;
-        if !quiet {
+        if shown {
             eprintln!();
         }
+        let mut out = std::io::stdout().lock();
         match result {
             Ok(report) => {
-                println!("the audit log verifies");
-                println!("  entries      {}", report.entries);
-                println!("  root         {}", hex::encode(report.root));
-                println!("  checkpoints  {} verified (signatures and roots)", report.checkpoints);
+                writeln!(out, "the audit log verifies")?;
+                writeln!(out, "  entries      {} (each against its leaf hash and the Merkle tree)", report.entries)?;
+                writeln!(out, "  root         {}", hex::encode(report.root))?;
+                writeln!(
+                    out,
+                    "  checkpoints  {} verified (signatures, roots, stored as signed, times in order, none missing between the first and the newest), {} of them kept outside the database",
+                    report.checkpoints, report.witnessed
+                )?;
+                writeln!(out, "  policies     {} archived versions hash to their version", report.policy_versions)?;
+                writeln!(
+                    out,
+                    "  alerts       {} (signed envelope, content and the broker's receipt against the entries)",
+                    report.alerts
+                )?;
+                writeln!(
+                    out,
+                    "  deliveries   {} (the broker's share stamp and the disclosed fields against the share entries)",
+                    report.deliveries
+                )?;
+                writeln!(
+                    out,
+                    "  purged       {} alert contents and delivery payloads, each removed by a recorded retention purge",
+                    report.purged
+                )?;
                 match &report.last_checkpoint {
                     Some(cp) => {
-                        println!(
+                        writeln!(
+                            out,
                             "  last signed  size {} at {} by key {}",
                             cp.size,
                             format_ms(cp.time_ms),
                             cp.key_id
-                        );
-                        let unsigned = report.entries - cp.size;
+                        )?;
+                        let unsigned = report.entries.saturating_sub(cp.size);
                         if unsigned > 0 {
-                            println!("  {unsigned} newer entries are not yet covered by a signed checkpoint");
+                            writeln!(out, "  {unsigned} newer entries are not yet covered by a signed checkpoint")?;
                         }
                     }
-                    None => println!("  no signed checkpoint yet: the entries are consistent but not yet signed"),
+                    None => writeln!(out, "  no signed checkpoint yet: the entries are consistent but not yet signed")?,
                 }
-                println!("  took         {:.1?}", started.elapsed());
+                writeln!(out, "  took         {:.1?}", started.elapsed())?;
+                writeln!(out, "{CANNOT_DETECT}")?;
+                if report.witnessed == 0 {
+                    writeln!(out, "  no checkpoint kept outside the database was given: a rollback would not have been seen")?;
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(failure) => {
+                drop(out);
                 eprintln!("AUDIT LOG DOES NOT VERIFY: {failure}");
                 Ok(ExitCode::FAILURE)
             }
@@ -190,22 +233,23 @@ pub fn query(
     runtime()?.block_on(async {
         let store = source.store().await?;
         let entries = store.audit_query(&filter).await?;
-        print_entries(&entries, format)?;
+        print_entries(&mut std::io::stdout().lock(), &entries, format)?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn print_entries(entries: &[AuditEntry], format: Format) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+/// Writes entries to `out` and flushes it, so everything a command prints
+/// is on standard output, whole, before it returns.
+fn print_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -> Result<()> {
     match format {
         Format::Json => {
             for e in entries {
-                serde_json::to_writer(&mut out, e)?;
+                serde_json::to_writer(&mut *out, e)?;
                 writeln!(out)?;
             }
         }
         Format::Csv => {
-            let mut w = csv::Writer::from_writer(out);
+            let mut w = csv::Writer::from_writer(&mut *out);
             w.write_record([
                 "index",
                 "time",
@@ -283,6 +327,7 @@ fn print_entries(entries: &[AuditEntry], format: Format) -> Result<()> {
             writeln!(out, "{} entries", entries.len())?;
         }
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -396,13 +441,15 @@ pub fn subject(
                 e.kind == EntryKind::Share || (include_denials && e.kind == EntryKind::Denial)
             })
             .collect();
+        let mut out = std::io::stdout().lock();
         if format == Format::Table {
             let agencies: std::collections::BTreeSet<&str> = entries
                 .iter()
                 .filter(|e| e.kind == EntryKind::Share)
                 .filter_map(|e| e.recipient.as_deref())
                 .collect();
-            println!(
+            writeln!(
+                out,
                 "{} share(s) about this subject; received by: {}\n",
                 entries
                     .iter()
@@ -413,9 +460,9 @@ pub fn subject(
                 } else {
                     agencies.into_iter().collect::<Vec<_>>().join(", ")
                 }
-            );
+            )?;
         }
-        print_entries(&entries, format)?;
+        print_entries(&mut out, &entries, format)?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -299,6 +299,11 @@ impl DevPkiLayout {
     pub fn broker_signing_key(&self) -> PathBuf {
         self.dir.join("broker-signing.key")
     }
+    /// The id of the broker's signing key in `broker-keys.toml`, next to the
+    /// key, so a tool holding the key file knows which id to sign under.
+    pub fn broker_signing_key_id(&self) -> PathBuf {
+        self.dir.join("broker-signing.key-id")
+    }
     /// The secret key of subject hashes in the audit log.
     pub fn subject_key(&self) -> PathBuf {
         self.dir.join("subject-hash.key")
@@ -334,6 +339,10 @@ impl DevPkiLayout {
     /// An agency's ed25519 public key (SPKI PEM).
     pub fn signing_public_key(&self, agency: &str) -> PathBuf {
         self.agency_dir(agency).join("signing.pub")
+    }
+    /// The id of an agency's signing key in `keys.toml`, next to the key.
+    pub fn signing_key_id_file(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("signing.key-id")
     }
     /// The key id of an agency's development signing key.
     pub fn signing_key_id(agency: &str) -> String {
@@ -378,11 +387,13 @@ development machine.
 |---|---|
 | `ca.pem`, `ca.key` | the development federation CA |
 | `broker.pem`, `broker.key` | the broker's TLS server certificate (localhost, 127.0.0.1) |
-| `broker-signing.key` | the broker's ed25519 signing key (receipts, share stamps, checkpoints) |
+| `broker-signing.key` | the broker's ed25519 signing key (receipts, share stamps, checkpoints), PKCS#8 v1 PEM |
+| `broker-signing.key-id` | its key id in `broker-keys.toml` (one line) |
 | `broker-keys.toml` | the broker's public signing keys, for SDK clients and for verifying audit checkpoints |
-| `subject-hash.key` | the secret key of the keyed hashes of persons and companies in the audit log |
+| `subject-hash.key` | the secret key of the keyed hashes of persons and companies in the audit log: 64 hex digits after `#` comment lines (`docs/PROTOCOL.md` section 13.8.6) |
 | `crl.pem`, `revoked.txt` | the certificate revocation list and its source (`samverkan pki revoke`) |
 | `<agency>/client.pem`, `<agency>/client.key` | the agency's TLS client certificate (O = agency id) |
+| `<agency>/signing.key-id` | the key id of the agency's signing key in `keys.toml` (one line) |
 | `<agency>/signing.key`, `<agency>/signing.pub` | the agency's ed25519 signing key; the public half is also in the policy set's `keys.toml` |
 | `keys.toml` | only in a PKI made with `--out` elsewhere and no `--policies`: the agencies' public signing keys, for the policy set that is to use this PKI |
 
@@ -447,6 +458,11 @@ pub fn generate_dev_with_keys_file(
         &keys::signing_key_pem(&broker_key)?,
         true,
     )?;
+    write(
+        &layout.broker_signing_key_id(),
+        &format!("{}\n", DevPkiLayout::broker_key_id()),
+        false,
+    )?;
     let mut broker_registry = KeyRegistry::new();
     broker_registry.insert(AgencyKey {
         owner: BROKER_KEY_OWNER.into(),
@@ -490,6 +506,11 @@ pub fn generate_dev_with_keys_file(
         write(
             &layout.signing_public_key(agency),
             &keys::public_key_pem(&signing.verifying_key())?,
+            false,
+        )?;
+        write(
+            &layout.signing_key_id_file(agency),
+            &format!("{}\n", DevPkiLayout::signing_key_id(agency)),
             false,
         )?;
         registry.insert(AgencyKey {

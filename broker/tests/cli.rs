@@ -199,7 +199,38 @@ fn pki_dev_makes_certificates_openssl_accepts() {
         let subject = text(&subject).0;
         assert!(subject.contains(&format!("O={agency}")), "{subject}");
         assert!(subject.contains("DEVELOPMENT"), "{subject}");
+        // The signing key is one OpenSSL reads (PKCS#8 v1), its public half
+        // is the one in signing.pub, and its key id is next to it.
+        let public = Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(out_dir.join(agency).join("signing.key"))
+            .output()
+            .unwrap();
+        assert!(public.status.success(), "{}", text(&public).1);
+        assert_eq!(
+            text(&public).0,
+            std::fs::read_to_string(out_dir.join(agency).join("signing.pub")).unwrap()
+        );
+        let key_id = std::fs::read_to_string(out_dir.join(agency).join("signing.key-id")).unwrap();
+        assert_eq!(key_id, format!("{agency}-dev-1\n"));
+        let keys = std::fs::read_to_string(policies.join("keys.toml")).unwrap();
+        assert!(
+            keys.contains(&format!("id = \"{}\"", key_id.trim())),
+            "{keys}"
+        );
     }
+    let broker_key = Command::new("openssl")
+        .args(["pkey", "-noout", "-in"])
+        .arg(out_dir.join("broker-signing.key"))
+        .output()
+        .unwrap();
+    assert!(broker_key.status.success(), "{}", text(&broker_key).1);
+    let broker_key_id = std::fs::read_to_string(out_dir.join("broker-signing.key-id")).unwrap();
+    assert!(
+        std::fs::read_to_string(out_dir.join("broker-keys.toml"))
+            .unwrap()
+            .contains(&format!("id = \"{}\"", broker_key_id.trim()))
+    );
     let verify = Command::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(&ca)

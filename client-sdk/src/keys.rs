@@ -6,8 +6,9 @@
 //! downtime and a compromised key can be cut off. The same registry format
 //! (`keys.toml` in the policy set) serves the broker's own signing keys.
 //!
-//! Private keys are stored as PKCS#8 PEM and public keys as SubjectPublicKeyInfo
-//! PEM, so that standard tools (`openssl pkey`) can read them.
+//! Private keys are stored as PKCS#8 v1 PEM and public keys as
+//! SubjectPublicKeyInfo PEM, so that standard tools (`openssl pkey`) can read
+//! them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -403,9 +404,17 @@ pub fn generate_signing_key() -> Result<SigningKey, KeyFileError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// PKCS#8 PEM of a signing key.
+/// PKCS#8 v1 PEM of a signing key (RFC 8410: the seed, no public key).
+///
+/// `ed25519-dalek` writes v2 (RFC 5958, with the public key), which OpenSSL
+/// 3.0 and Python's `cryptography` refuse; v1 is what every tool reads.
+/// [`read_signing_key`] reads both.
 pub fn signing_key_pem(key: &SigningKey) -> Result<String, KeyFileError> {
-    key.to_pkcs8_pem(LineEnding::LF)
+    let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    v1.to_pkcs8_pem(LineEnding::LF)
         .map(|pem| pem.to_string())
         .map_err(|e| KeyFileError::Format {
             what: "signing key".into(),
@@ -422,7 +431,8 @@ pub fn public_key_pem(key: &VerifyingKey) -> Result<String, KeyFileError> {
         })
 }
 
-/// Reads a PKCS#8 PEM ed25519 signing key.
+/// Reads a PKCS#8 PEM ed25519 signing key, v1 or v2 (a v2 public key must
+/// belong to the seed).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     let pem = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.display().to_string(),
@@ -554,5 +564,83 @@ revocation_reason = "lost"
         );
         assert!(read_public_key(&dir.join("k.pem")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The DER inside a PEM file.
+    fn pem_der(pem: &str) -> Vec<u8> {
+        use base64::Engine;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    #[test]
+    fn signing_keys_are_written_as_pkcs8_v1_and_v2_is_still_read() {
+        let dir = tempdir("v1");
+        let k = key(7);
+        // RFC 8410 section 10.3: version 0 (v1), the Ed25519 OID, the seed,
+        // and no public key, which is what OpenSSL 3.0 and Python's
+        // `cryptography` read.
+        let pem = signing_key_pem(&k).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        let der = pem_der(&pem);
+        assert_eq!(
+            hex::encode(&der[..16]),
+            "302e020100300506032b657004220420",
+            "{pem}"
+        );
+        assert_eq!(&der[16..], k.as_bytes());
+        std::fs::write(dir.join("v1.key"), &pem).unwrap();
+        assert_eq!(
+            read_signing_key(&dir.join("v1.key")).unwrap().to_bytes(),
+            k.to_bytes()
+        );
+
+        // PKCS#8 v2 (RFC 5958, with the public key), as earlier versions
+        // wrote it, is still read; a public key that does not belong to the
+        // seed is refused.
+        let v2 = k.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        assert_eq!(pem_der(&v2)[2..5], [0x02, 0x01, 0x01], "{v2}");
+        std::fs::write(dir.join("v2.key"), &v2).unwrap();
+        assert_eq!(
+            read_signing_key(&dir.join("v2.key")).unwrap().to_bytes(),
+            k.to_bytes()
+        );
+        let wrong = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: k.to_bytes(),
+            public_key: Some(ed25519_dalek::pkcs8::PublicKeyBytes(
+                key(8).verifying_key().to_bytes(),
+            )),
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+        std::fs::write(dir.join("wrong.key"), wrong.as_bytes()).unwrap();
+        assert!(read_signing_key(&dir.join("wrong.key")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_committed_development_signing_keys_are_pkcs8_v1() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs-dev");
+        let mut files = vec![dir.join("broker-signing.key")];
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let key = entry.unwrap().path().join("signing.key");
+            if key.exists() {
+                files.push(key);
+            }
+        }
+        assert!(files.len() > 1, "no agency keys in {}", dir.display());
+        for file in files {
+            let pem = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(pem_der(&pem).len(), 48, "{} is not v1", file.display());
+            read_signing_key(&file).unwrap();
+        }
+    }
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("svk-keys-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

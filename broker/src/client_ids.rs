@@ -1,19 +1,29 @@
-//! Client ids as rumqttd sees them, chosen so that rumqttd can never be
-//! driven into a panic that disables a listener.
+//! Client ids as rumqttd sees them, chosen so that rumqttd never confuses
+//! two connections.
 //!
-//! rumqttd registers a last-will handler per client id when a CONNECT
-//! arrives. If that connection then fails before rumqttd has sent its
-//! CONNACK, the handler is left behind, and the next CONNECT with the same
-//! client id makes rumqttd panic *while it holds the handlers' lock*: the
-//! lock is poisoned and every later connection on that listener is refused.
-//! (Seen under load: after one such failure no agency could connect.)
+//! Inside rumqttd a client id names one connection. Two hazards follow:
 //!
-//! The gateway therefore keeps a client's own id only while that is safe:
-//! an id that is mid-connect on another connection, or whose earlier
-//! connection ended without a CONNACK, is replaced by `<id>~<n>`, unique for
-//! the life of the process. Keeping ids stable otherwise matters: rumqttd
-//! keeps a small record per client id that has ever disconnected, so fresh
-//! ids for every connection would grow its memory without bound.
+//! * A second connection with an id in use takes the first one over, and
+//!   the first one's late disconnect can then close the second: rumqttd
+//!   reuses connection slots, and a disconnect that arrives after the slot
+//!   was handed on closes whoever holds it now. (Seen as about 1 % of
+//!   concurrent connects failing right after their CONNACK.)
+//! * rumqttd registers a last-will handler per client id when a CONNECT
+//!   arrives. If that connection fails before its CONNACK, the handler is
+//!   left behind, and the next CONNECT with the same id makes rumqttd panic
+//!   while it holds the handlers' lock: every later connection on that
+//!   listener is refused.
+//!
+//! So the gateway gives every connection an id that no other live
+//! connection has, and reuses an id only after rumqttd has closed the
+//! previous connection with it (its disconnect is then queued ahead of the
+//! next connect). The client's own id is kept when it is free, otherwise
+//! `<id>~<n>` with the smallest free `n`. An id whose connection ended
+//! without a CONNACK, or that rumqttd did not close in time, is never used
+//! again. Keeping ids stable matters: rumqttd keeps a small record per
+//! client id that has ever disconnected, so fresh ids for every connection
+//! would grow its memory without bound. Characters rumqttd refuses in an
+//! id (`+ $ # /`) are replaced by `_`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -98,7 +108,7 @@ fn locate(packet: &[u8], level: u8) -> Result<(usize, usize), String> {
     Ok((pos + 2, len))
 }
 
-/// Which client ids are mid-connect and which are unsafe to reuse.
+/// Which client ids are held by a connection and which are unsafe to reuse.
 #[derive(Debug, Default)]
 pub struct ClientIds {
     state: Mutex<State>,
@@ -106,21 +116,25 @@ pub struct ClientIds {
 
 #[derive(Debug, Default)]
 struct State {
-    connecting: HashSet<String>,
+    /// `agency.id` of every connection from its CONNECT until rumqttd closed it.
+    in_use: HashSet<String>,
+    /// `agency.id` never to be used again.
     tainted: HashSet<String>,
 }
 
-/// A connection's claim on a client id, until its CONNACK (or failure).
+/// A connection's hold on a client id at rumqttd.
 #[derive(Debug)]
 pub struct Claim {
     key: Option<String>,
-    /// The id to use instead of the client's, if its own is not safe now.
+    /// The id to use instead of the client's, if its own is not free.
     pub renamed: Option<String>,
 }
 
 impl ClientIds {
-    /// Claims `client_id` of `agency` for connection `n`.
-    pub fn claim(&self, agency: &str, client_id: &str, n: u64) -> Claim {
+    /// Claims an id for a connection of `agency` whose CONNECT names
+    /// `client_id`: the client's own if it is free, else the first free
+    /// `<id>~<n>`.
+    pub fn claim(&self, agency: &str, client_id: &str) -> Claim {
         // An empty id gets a fresh one from rumqttd itself.
         if client_id.is_empty() {
             return Claim {
@@ -128,28 +142,37 @@ impl ClientIds {
                 renamed: None,
             };
         }
-        let key = format!("{agency}.{client_id}");
+        let safe: String = client_id
+            .chars()
+            .map(|c| if "+$#/".contains(c) { '_' } else { c })
+            .collect();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.tainted.contains(&key) || state.connecting.contains(&key) {
-            return Claim {
-                key: None,
-                renamed: Some(format!("{client_id}~{n}")),
-            };
-        }
-        state.connecting.insert(key.clone());
+        let free = |state: &State, id: &str| {
+            let key = format!("{agency}.{id}");
+            !state.in_use.contains(&key) && !state.tainted.contains(&key)
+        };
+        // Every candidate but one is taken at most by an entry of the two
+        // sets, so this ends within their size plus one.
+        let limit = state.in_use.len() + state.tainted.len() + 1;
+        let id = std::iter::once(safe.clone())
+            .chain((1..=limit).map(|n| format!("{safe}~{n}")))
+            .find(|id| free(&state, id))
+            .unwrap_or_else(|| format!("{safe}~{}", limit + 1));
+        state.in_use.insert(format!("{agency}.{id}"));
         Claim {
-            key: Some(key),
-            renamed: None,
+            key: Some(format!("{agency}.{id}")),
+            renamed: (id != client_id).then_some(id),
         }
     }
 
-    /// Ends a claim: with a CONNACK the id is free again; without one it is
-    /// never used as is again.
-    pub fn release(&self, claim: Claim, connack: bool) {
+    /// Ends a claim. `closed_cleanly`: the connection got its CONNACK and
+    /// rumqttd has closed it since, so the id is free again; otherwise it
+    /// is never used again.
+    pub fn release(&self, claim: Claim, closed_cleanly: bool) {
         let Some(key) = claim.key else { return };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.connecting.remove(&key);
-        if !connack {
+        state.in_use.remove(&key);
+        if !closed_cleanly {
             state.tainted.insert(key);
         }
     }
@@ -207,23 +230,31 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_ids_are_renamed() {
+    fn ids_in_use_or_unsafe_are_renamed() {
         let ids = ClientIds::default();
-        let first = ids.claim("polisen", "c", 1);
+        let first = ids.claim("polisen", "c");
         assert!(first.renamed.is_none());
-        // Mid-connect: a second connection with the same id is renamed.
-        let second = ids.claim("polisen", "c", 2);
-        assert_eq!(second.renamed.as_deref(), Some("c~2"));
+        // In use: a second connection with the same id gets the first free suffix.
+        let second = ids.claim("polisen", "c");
+        assert_eq!(second.renamed.as_deref(), Some("c~1"));
+        let third = ids.claim("polisen", "c");
+        assert_eq!(third.renamed.as_deref(), Some("c~2"));
         // Another agency's id of the same name is independent.
-        assert!(ids.claim("skatteverket", "c", 3).renamed.is_none());
-        ids.release(second, false);
+        assert!(ids.claim("skatteverket", "c").renamed.is_none());
+        // A suffix freed cleanly is reused; one without a clean end never is.
+        ids.release(second, true);
+        let fourth = ids.claim("polisen", "c");
+        assert_eq!(fourth.renamed.as_deref(), Some("c~1"));
+        ids.release(fourth, false);
         ids.release(first, true);
-        // After a CONNACK the id is free again…
-        let again = ids.claim("polisen", "c", 4);
-        assert!(again.renamed.is_none());
-        // …but after a connection without one, never again.
-        ids.release(again, false);
-        assert_eq!(ids.claim("polisen", "c", 5).renamed.as_deref(), Some("c~5"));
-        assert!(ids.claim("polisen", "", 6).renamed.is_none());
+        assert!(ids.claim("polisen", "c").renamed.is_none());
+        assert_eq!(ids.claim("polisen", "c").renamed.as_deref(), Some("c~3"));
+        // Characters rumqttd refuses are replaced.
+        assert_eq!(
+            ids.claim("polisen", "a/b+#$").renamed.as_deref(),
+            Some("a_b___")
+        );
+        assert!(ids.claim("polisen", "").renamed.is_none());
+        drop(third);
     }
 }

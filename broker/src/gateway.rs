@@ -28,13 +28,15 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::identity::{PeerIdentity, peer_identity};
+use crate::inspect::{self, FilterBudget, Session, Violation};
 use crate::limits::ConnectionLimits;
 use crate::mqtt::{Embedded, crypto_provider};
 use crate::policy::PolicyHandle;
@@ -135,6 +137,10 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     /// Largest CONNECT packet accepted.
     pub max_connect_bytes: usize,
+    /// Largest PUBLISH accepted (rumqttd's own limit is the same).
+    pub max_packet_bytes: usize,
+    /// Subscriptions per connection and distinct filters per agency.
+    pub packet_limits: inspect::Limits,
 }
 
 impl Default for GatewaySettings {
@@ -143,6 +149,8 @@ impl Default for GatewaySettings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_connect_bytes: 64 * 1024,
+            max_packet_bytes: 16 * 1024 * 1024,
+            packet_limits: inspect::Limits::default(),
         }
     }
 }
@@ -163,6 +171,7 @@ pub struct Gateway {
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_id: AtomicU64,
     client_ids: crate::client_ids::ClientIds,
+    filters: FilterBudget,
 }
 
 /// Why one connection was refused or ended (for logs).
@@ -184,6 +193,8 @@ enum ConnectionError {
     BadConnect(String),
     #[error("embedded broker unreachable: {0}")]
     Backend(String),
+    #[error("CONNECT refused: {0}")]
+    Refused(Violation),
 }
 
 impl Gateway {
@@ -204,6 +215,7 @@ impl Gateway {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             client_ids: crate::client_ids::ClientIds::default(),
+            filters: FilterBudget::default(),
         }
     }
 
@@ -222,6 +234,12 @@ impl Gateway {
             closed += 1;
         }
         closed
+    }
+
+    /// The embedded broker behind the gateway. Only tests use it, to play a
+    /// client that got past the gateway and check the defences behind it.
+    pub fn embedded(&self) -> &Arc<Embedded> {
+        &self.embedded
     }
 
     /// Connections open per agency.
@@ -310,15 +328,89 @@ impl Gateway {
         .await
         .map_err(|_| ConnectionError::ConnectTimeout(timeout))?
         .map_err(ConnectionError::BadConnect)?;
+        if let Err(violation) = inspect::check_connect(&connect, level) {
+            refuse(&mut client, level, true, &violation).await;
+            return Err(ConnectionError::Refused(violation));
+        }
         let client_id =
             crate::client_ids::client_id(&connect, level).map_err(ConnectionError::BadConnect)?;
-        let claim = self.client_ids.claim(&identity.agency, &client_id, id);
+        let claim = self.client_ids.claim(&identity.agency, &client_id);
         let connect = match &claim.renamed {
-            Some(unique) => crate::client_ids::with_client_id(&connect, level, unique)
-                .map_err(ConnectionError::BadConnect)?,
-            None => connect,
+            Some(unique) => crate::client_ids::with_client_id(&connect, level, unique),
+            None => Ok(connect),
         };
+        let (backend, connack) = match connect {
+            Ok(connect) => match self.open_backend(&identity.agency, level, &connect).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    self.client_ids.release(claim, false);
+                    return Err(e);
+                }
+            },
+            Err(e) => {
+                self.client_ids.release(claim, true);
+                return Err(ConnectionError::BadConnect(e));
+            }
+        };
+        if let Err(e) = client.write_all(&connack).await {
+            let (mut rx, mut tx) = tokio::io::split(backend);
+            let closed = close_backend(&mut rx, &mut tx).await;
+            self.client_ids.release(claim, closed);
+            return Err(ConnectionError::Backend(e.to_string()));
+        }
 
+        let close = Arc::new(Notify::new());
+        info!(%peer, agency = %identity.agency, mqtt = level, connection = id, "connected");
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            LiveConnection {
+                identity: identity.clone(),
+                close: close.clone(),
+            },
+        );
+        let mut session =
+            Session::new(&identity.agency, self.settings.packet_limits, &self.filters);
+        let (client_rx, mut client_tx) = tokio::io::split(client);
+        let (backend_rx, mut backend_tx) = tokio::io::split(backend);
+        let mut backend_rx = BufReader::with_capacity(RELAY_BUFFER, backend_rx);
+        let outcome = tokio::select! {
+            r = relay_checked(client_rx, &mut backend_tx, level, &mut session, self.settings.max_packet_bytes) => r,
+            r = tokio::io::copy_buf(&mut backend_rx, &mut client_tx) => match r {
+                Ok(_) => Relay::Closed("the embedded broker closed the connection".into()),
+                Err(e) => Relay::Closed(format!("ended: {e}")),
+            },
+            _ = close.notified() => Relay::Closed("closed by the broker (certificate revoked or shutdown)".into()),
+            _ = shutdown.changed() => Relay::Closed("broker shutting down".into()),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Relay::Refused(violation) = &outcome {
+            warn!(%peer, agency = %identity.agency, connection = id, reason = %violation, "connection closed: packet refused");
+            if let Some(packet) = inspect::refusal(level, false, violation) {
+                let _ = client_tx.write_all(&packet).await;
+            }
+        }
+        let _ = client_tx.shutdown().await;
+        let closed = close_backend(&mut backend_rx, &mut backend_tx).await;
+        self.client_ids.release(claim, closed);
+        let outcome = match outcome {
+            Relay::Closed(how) => how,
+            Relay::Refused(violation) => format!("refused: {violation}"),
+        };
+        debug!(%peer, agency = %identity.agency, connection = id, outcome, "disconnected");
+        Ok(())
+    }
+
+    /// Connects to rumqttd's listener for `level` as `agency`, sends the
+    /// CONNECT and returns the stream with rumqttd's CONNACK.
+    async fn open_backend(
+        &self,
+        agency: &str,
+        level: u8,
+        connect: &[u8],
+    ) -> Result<(TlsStream<QuickAck>, Vec<u8>), ConnectionError> {
         let backend_addr = if level == 5 {
             self.embedded.v5
         } else {
@@ -332,7 +424,7 @@ impl Gateway {
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         let connector = TlsConnector::from(
             self.embedded
-                .client_config(&identity.agency)
+                .client_config(agency)
                 .map_err(|e| ConnectionError::Backend(e.to_string()))?,
         );
         let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
@@ -344,56 +436,250 @@ impl Gateway {
         .map_err(|_| ConnectionError::Backend("TLS handshake timed out".into()))?
         .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         backend
-            .write_all(&connect)
+            .write_all(connect)
             .await
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
         // rumqttd's answer must be a CONNACK; without one the client id is
-        // marked (see `client_ids`) and the client told nothing more.
-        let connack = tokio::time::timeout(timeout, read_packet(&mut backend, 1024)).await;
-        let connack = match connack {
-            Ok(Ok(packet)) if packet.first().is_some_and(|b| b >> 4 == 2) => packet,
-            other => {
-                self.client_ids.release(claim, false);
-                let reason = match other {
-                    Ok(Ok(_)) => "rumqttd answered CONNECT with another packet".to_string(),
-                    Ok(Err(e)) => e,
-                    Err(_) => "no CONNACK from rumqttd".to_string(),
-                };
-                return Err(ConnectionError::Backend(reason));
+        // never used again (see `client_ids`) and the client told nothing more.
+        let timeout = self.settings.connect_timeout;
+        match tokio::time::timeout(timeout, read_packet(&mut backend, 1024)).await {
+            Ok(Ok(packet))
+                if packet
+                    .first()
+                    .is_some_and(|b| b >> 4 == inspect::kind::CONNACK) =>
+            {
+                Ok((backend, packet))
             }
-        };
-        self.client_ids.release(claim, true);
-        client
-            .write_all(&connack)
-            .await
-            .map_err(|e| ConnectionError::Backend(e.to_string()))?;
-
-        let close = Arc::new(Notify::new());
-        info!(%peer, agency = %identity.agency, mqtt = level, connection = id, "connected");
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            id,
-            LiveConnection {
-                identity: identity.clone(),
-                close: close.clone(),
-            },
-        );
-        let outcome = tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, RELAY_BUFFER, RELAY_BUFFER) => match r {
-                Ok(_) => "closed".to_string(),
-                Err(e) => format!("ended: {e}"),
-            },
-            _ = close.notified() => "closed by the broker (certificate revoked or shutdown)".to_string(),
-            _ = shutdown.changed() => "broker shutting down".to_string(),
-        };
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let _ = client.shutdown().await;
-        let _ = backend.shutdown().await;
-        debug!(%peer, agency = %identity.agency, connection = id, outcome, "disconnected");
-        Ok(())
+            Ok(Ok(_)) => Err(ConnectionError::Backend(
+                "rumqttd answered CONNECT with another packet".into(),
+            )),
+            Ok(Err(e)) => Err(ConnectionError::Backend(e)),
+            Err(_) => Err(ConnectionError::Backend("no CONNACK from rumqttd".into())),
+        }
     }
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+enum Relay {
+    /// Either side closed, or the broker closed it.
+    Closed(String),
+    /// The client sent a packet that is not allowed.
+    Refused(Violation),
+}
+
+/// Largest packet other than PUBLISH accepted from a client: a SUBSCRIBE
+/// within the subscription limits is far smaller.
+const MAX_CONTROL_PACKET: usize = 64 * 1024;
+
+/// Passes the client's packets to rumqttd one at a time, each checked by
+/// `session` first. A PUBLISH's header is read and checked, its payload
+/// streamed; everything else is read whole. Writes are flushed when no
+/// more input is waiting, so a burst of small packets goes out together.
+async fn relay_checked<R, W>(
+    client: R,
+    backend: &mut W,
+    level: u8,
+    session: &mut Session<'_>,
+    max_packet_bytes: usize,
+) -> Relay
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut client = BufReader::with_capacity(RELAY_BUFFER, client);
+    let mut head = Vec::new();
+    loop {
+        let first = match client.read_u8().await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Relay::Closed("closed by the client".into());
+            }
+            Err(e) => return Relay::Closed(format!("ended: {e}")),
+        };
+        head.clear();
+        head.push(first);
+        let remaining = match read_remaining_length(&mut client, &mut head).await {
+            Ok(n) => n,
+            Err(Read::Io(e)) => return Relay::Closed(format!("ended: {e}")),
+            Err(Read::Bad(v)) => return Relay::Refused(v),
+        };
+        let is_publish = first >> 4 == inspect::kind::PUBLISH;
+        let limit = if is_publish {
+            max_packet_bytes
+        } else {
+            MAX_CONTROL_PACKET
+        };
+        if remaining > limit {
+            return Relay::Refused(Violation::TooLarge(remaining, limit));
+        }
+        let body_start = head.len();
+        let read = if is_publish {
+            read_publish_header(&mut client, &mut head, first, remaining, level).await
+        } else {
+            read_more(&mut client, &mut head, remaining, remaining).await
+        };
+        match read {
+            Ok(()) => {}
+            Err(Read::Io(e)) => return Relay::Closed(format!("ended: {e}")),
+            Err(Read::Bad(v)) => return Relay::Refused(v),
+        }
+        let checked = inspect::parse(first, &head[body_start..], level)
+            .and_then(|packet| session.check(&packet));
+        if let Err(violation) = checked {
+            return Relay::Refused(violation);
+        }
+        let payload = (remaining - (head.len() - body_start)) as u64;
+        let sent = async {
+            backend.write_all(&head).await?;
+            if payload > 0 {
+                let copied = tokio::io::copy_buf(&mut (&mut client).take(payload), backend).await?;
+                if copied < payload {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            if client.buffer().is_empty() {
+                backend.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        if let Err(e) = sent.await {
+            return Relay::Closed(format!("ended: {e}"));
+        }
+    }
+}
+
+/// Why reading a packet stopped.
+enum Read {
+    Io(std::io::Error),
+    Bad(Violation),
+}
+
+impl From<std::io::Error> for Read {
+    fn from(e: std::io::Error) -> Self {
+        Read::Io(e)
+    }
+}
+
+/// Reads a remaining length (1 to 4 bytes, MQTT 3.1.1 section 2.2.3),
+/// appending its bytes to `packet`.
+async fn read_remaining_length<R: AsyncRead + Unpin>(
+    r: &mut R,
+    packet: &mut Vec<u8>,
+) -> Result<usize, Read> {
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let b = r.read_u8().await?;
+        packet.push(b);
+        remaining |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(remaining);
+        }
+    }
+    Err(Read::Bad(Violation::Malformed(
+        "malformed remaining length".into(),
+    )))
+}
+
+/// Appends `n` bytes to `packet`, refusing to read past a packet body of
+/// `body_len` bytes (the body starts after the fixed header).
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    packet: &mut Vec<u8>,
+    n: usize,
+    body_len: usize,
+) -> Result<(), Read> {
+    let header = packet
+        .iter()
+        .skip(1)
+        .position(|b| b & 0x80 == 0)
+        .map_or(packet.len(), |i| i + 2);
+    if packet.len() - header + n > body_len {
+        return Err(Read::Bad(Violation::Malformed(
+            "a length inside the packet exceeds the packet".into(),
+        )));
+    }
+    let start = packet.len();
+    packet.resize(start + n, 0);
+    r.read_exact(&mut packet[start..]).await?;
+    Ok(())
+}
+
+/// Reads a PUBLISH's variable header (topic, packet identifier, MQTT 5
+/// properties) after its fixed header, leaving the payload unread.
+async fn read_publish_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    packet: &mut Vec<u8>,
+    first: u8,
+    body_len: usize,
+    level: u8,
+) -> Result<(), Read> {
+    read_more(r, packet, 2, body_len).await?;
+    let topic_len = usize::from(u16::from_be_bytes([
+        packet[packet.len() - 2],
+        packet[packet.len() - 1],
+    ]));
+    let packet_id = if (first >> 1) & 0b11 > 0 { 2 } else { 0 };
+    read_more(r, packet, topic_len + packet_id, body_len).await?;
+    if level == 5 {
+        let mut props_len = 0usize;
+        for i in 0..4 {
+            read_more(r, packet, 1, body_len).await?;
+            let b = packet[packet.len() - 1];
+            props_len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+            if i == 3 {
+                return Err(Read::Bad(Violation::Malformed(
+                    "malformed properties length".into(),
+                )));
+            }
+        }
+        read_more(r, packet, props_len, body_len).await?;
+    }
+    Ok(())
+}
+
+/// Tells the client why it is refused, where MQTT allows it, and closes.
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    level: u8,
+    during_connect: bool,
+    violation: &Violation,
+) {
+    if let Some(packet) = inspect::refusal(level, during_connect, violation) {
+        let _ = client.write_all(&packet).await;
+    }
+    let _ = client.shutdown().await;
+}
+
+/// Time allowed for rumqttd to close a connection after the gateway did.
+const BACKEND_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes the connection to rumqttd and waits until rumqttd has closed its
+/// side: by then rumqttd has queued the connection's disconnect, and the
+/// client id can be used again. False if rumqttd did not close in time.
+async fn close_backend<R, W>(rx: &mut R, tx: &mut W) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let drain = async {
+        let _ = tx.shutdown().await;
+        let mut sink = [0u8; 1024];
+        loop {
+            match rx.read(&mut sink).await {
+                Ok(0) => return true,
+                Ok(_) => {}
+                // A reset or a TLS stream cut without close_notify: closed too.
+                Err(_) => return true,
+            }
+        }
+    };
+    tokio::time::timeout(BACKEND_CLOSE_TIMEOUT, drain)
+        .await
+        .unwrap_or(false)
 }
 
 /// Reads one MQTT packet (fixed header, remaining length, body), at most
@@ -411,20 +697,11 @@ async fn read_packet_after<R: AsyncRead + Unpin>(
     max_bytes: usize,
 ) -> Result<Vec<u8>, String> {
     let mut packet = vec![first];
-    // Remaining length: 1 to 4 bytes, 7 bits each (MQTT 3.1.1 section 2.2.3).
-    let mut remaining: usize = 0;
-    for i in 0..4 {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        packet.push(b[0]);
-        remaining |= usize::from(b[0] & 0x7f) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        if i == 3 {
-            return Err("malformed remaining length".into());
-        }
-    }
+    let remaining = match read_remaining_length(r, &mut packet).await {
+        Ok(n) => n,
+        Err(Read::Io(e)) => return Err(e.to_string()),
+        Err(Read::Bad(v)) => return Err(v.to_string()),
+    };
     if remaining > max_bytes {
         return Err(format!(
             "packet of {remaining} bytes is larger than {max_bytes}"

@@ -13,6 +13,7 @@
 //! * [`config`] — the configuration file;
 //! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
 //! * [`identity`] — the agency named by a client certificate;
+//! * [`inspect`] — what an agency's client may send, packet by packet;
 //! * [`client_ids`] — client ids as rumqttd sees them;
 //! * [`mqtt`] — the embedded rumqttd;
 //! * [`router`] — the pipeline: authenticate, validate, decide, record, deliver;
@@ -31,6 +32,7 @@ pub mod client_ids;
 pub mod config;
 pub mod gateway;
 pub mod identity;
+pub mod inspect;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;

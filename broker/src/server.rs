@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::audit::subject::{SubjectError, SubjectHasher};
 use crate::config::BrokerConfig;
-use crate::gateway::{Gateway, GatewayError, TlsFiles, server_config};
+use crate::gateway::{Gateway, GatewayError, GatewaySettings, TlsFiles, server_config};
 use crate::limits::ConnectionLimits;
 use crate::metrics::{AgencyLabel, Metrics};
 use crate::mqtt::{Embedded, MqttError};
@@ -347,7 +347,11 @@ impl Broker {
                 config.connection_attempts_per_minute,
                 config.max_connections_per_agency,
             ),
-            config.gateway.clone(),
+            GatewaySettings {
+                // One limit for the gateway and rumqttd behind it.
+                max_packet_bytes: config.mqtt.max_packet_bytes,
+                ..config.gateway.clone()
+            },
         ));
         if !revoked.is_empty() {
             info!(

@@ -1,6 +1,8 @@
-//! Messages forged by another client of the same agency (which rumqttd
-//! cannot stop: inside a tenant there are no per-topic permissions) never
-//! reach the application.
+//! Messages forged by another client of the same agency never reach the
+//! application. The gateway lets no agency client publish on its inbox or
+//! receipts topics (see `connections.rs`); these tests play a client that
+//! got past it anyway, straight into the embedded rumqttd, and check that
+//! the SDK's signature checks hold on their own.
 
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ async fn forged_deliveries_are_refused_by_the_sdk() {
 
     // A genuine share, captured by a second (rogue) Linköping client.
     let (rogue, mut rogue_events) =
-        connect(broker.raw_options("lkp-rogue", broker.agency_tls("linkoping")))
+        connect(broker.raw_options_behind_gateway("lkp-rogue", "linkoping"))
             .await
             .unwrap();
     rogue
@@ -154,7 +156,7 @@ async fn forged_receipts_never_complete_a_publish() {
     ))
     .unwrap();
     let (rogue, mut rogue_events) =
-        connect(broker.raw_options("fk-rogue", broker.agency_tls("forsakringskassan")))
+        connect(broker.raw_options_behind_gateway("fk-rogue", "forsakringskassan"))
             .await
             .unwrap();
     let flood = tokio::spawn(async move {

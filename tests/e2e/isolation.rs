@@ -58,13 +58,14 @@ async fn raw_client_is_confined_to_its_own_tenant() {
 async fn raw_client_cannot_publish_into_another_tenant() {
     let broker = TestBroker::start().await;
 
-    // Polisen watches its own outbox, where a forged alert would land.
+    // Polisen watches its receipts, where the answer to a forged alert
+    // in its outbox would land.
     let (watcher, mut watch_events) =
         connect(broker.raw_options("pol-watch", broker.agency_tls("polisen")))
             .await
             .unwrap();
     watcher
-        .subscribe("/tenants/polisen/out/#", QoS::AtLeastOnce)
+        .subscribe("/tenants/polisen/receipts", QoS::AtLeastOnce)
         .await
         .unwrap();
     assert!(matches!(
@@ -96,7 +97,7 @@ async fn raw_client_cannot_publish_into_another_tenant() {
     .await;
     assert!(matches!(outcome, Outcome::Closed(_)), "{outcome:?}");
 
-    let seen = poll_for(&mut watch_events, Duration::from_secs(1), |p| match p {
+    let seen = poll_for(&mut watch_events, Duration::from_secs(2), |p| match p {
         Packet::Publish(p) => Some(p.topic.clone()),
         _ => None,
     })

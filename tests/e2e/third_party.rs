@@ -108,7 +108,8 @@ async fn mosquitto_clients_are_cut_off_from_other_agencies_topics() {
         let text = String::from_utf8_lossy(&own.stdout);
         assert!(text.contains("received SUBACK"), "{version}: {text}");
 
-        // Another agency's inbox: never subscribed; the broker drops the connection.
+        // Another agency's inbox: never subscribed; the broker drops the
+        // connection (MQTT 5 is told why: 135, not authorized).
         let other = mosquitto("mosquitto_sub", &broker, "linkoping", version)
             .args(["-t", "/tenants/polisen/in/#", "-d", "-W", "2"])
             .output()
@@ -116,11 +117,16 @@ async fn mosquitto_clients_are_cut_off_from_other_agencies_topics() {
             .unwrap();
         let text = String::from_utf8_lossy(&other.stdout);
         assert!(!text.contains("received SUBACK"), "{version}: {text}");
-        assert!(
-            text.matches("sending CONNECT").count() >= 2,
-            "no disconnect seen ({version}): {text}"
-        );
-        assert!(!other.status.success());
+        if version == "mqttv5" {
+            // mosquitto_sub ends without an error when told to disconnect.
+            assert!(text.contains("Received DISCONNECT (135)"), "{text}");
+        } else {
+            assert!(
+                text.matches("sending CONNECT").count() >= 2,
+                "no disconnect seen ({version}): {text}"
+            );
+            assert!(!other.status.success());
+        }
 
         // Publishing into another agency's outbox: the connection is lost.
         let publish = mosquitto("mosquitto_pub", &broker, "linkoping", version)
@@ -133,6 +139,12 @@ async fn mosquitto_clients_are_cut_off_from_other_agencies_topics() {
             "{version}: the publish went through"
         );
         let err = String::from_utf8_lossy(&publish.stderr);
-        assert!(err.contains("connection was lost"), "{version}: {err}");
+        let expected = if version == "mqttv5" {
+            // Told to disconnect (144, topic name invalid) before the publish completed.
+            "not currently connected"
+        } else {
+            "connection was lost"
+        };
+        assert!(err.contains(expected), "{version}: {err}");
     }
 }

@@ -185,6 +185,18 @@ impl Backoff {
     }
 }
 
+/// Attempts at the first connection before [`Client::connect`](super::Client::connect) gives up.
+const FIRST_CONNECT_ATTEMPTS: u32 = 3;
+
+/// Whether a failed first connection is tried again. A connection that
+/// the broker closed after accepting it, or that broke off, is transient
+/// (the broker restarting, a load balancer); a refused TCP connection, a
+/// TLS refusal or an MQTT refusal is an answer, reported at once.
+fn retry_first_connect(error: &ClientError, was_connected: bool, attempts: u32) -> bool {
+    attempts < FIRST_CONNECT_ATTEMPTS
+        && (was_connected || matches!(error, ClientError::Connection { .. }))
+}
+
 /// Turns a rumqttc connection error into the client's error.
 pub(crate) fn classify(err: &ConnectionError, address: &str, timeout: Duration) -> ClientError {
     let address = address.to_string();
@@ -267,6 +279,8 @@ pub(crate) struct Task {
     /// Answers [`Client::connect`](super::Client::connect) once.
     first: Option<oneshot::Sender<Result<(), ClientError>>>,
     backoff: Backoff,
+    /// Failed attempts while [`Task::first`] is unanswered.
+    first_attempts: u32,
     /// Redelivered shares that were acknowledged already, to acknowledge again.
     reack: Vec<String>,
 }
@@ -282,6 +296,7 @@ pub(crate) async fn run(
         shared,
         first: Some(first),
         backoff: Backoff::new(),
+        first_attempts: 0,
         reack: Vec::new(),
     };
     loop {
@@ -325,20 +340,20 @@ impl Task {
         // The replay after the reconnect brings these shares again.
         self.reack.clear();
         let mut error = classify(&err, &self.shared.address, self.shared.connect_timeout);
-        if was_connected
-            && self.first.is_some()
-            && let ClientError::Connection { reason, .. } = &mut error
-        {
-            // The broker drops a client that subscribes outside the tenant of
-            // its certificate: the usual cause is a certificate of another agency.
-            reason.push_str(&format!(
-                " while subscribing to the topics of `{}` (is the client certificate issued to this agency?)",
-                self.shared.agency
-            ));
-        }
-        if let Some(first) = self.first.take() {
-            let _ = first.send(Err(error));
-            return Flow::Stop;
+        if self.first.is_some() {
+            self.first_attempts += 1;
+            if !retry_first_connect(&error, was_connected, self.first_attempts) {
+                if was_connected && let ClientError::Connection { reason, .. } = &mut error {
+                    reason.push_str(&format!(
+                        " right after accepting the connection, while the client subscribed to the topics of `{}` ({} attempts)",
+                        self.shared.agency, self.first_attempts
+                    ));
+                }
+                if let Some(first) = self.first.take() {
+                    let _ = first.send(Err(error));
+                }
+                return Flow::Stop;
+            }
         }
         let delay = self.backoff.next_delay();
         let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -600,6 +615,7 @@ impl Task {
             shared,
             first: None,
             backoff: Backoff::new(),
+            first_attempts: 0,
             reack: Vec::new(),
         }
     }
@@ -647,6 +663,27 @@ mod tests {
             inbound("polisen", "/tenants/polisen/acks"),
             Inbound::Unexpected
         );
+    }
+
+    #[test]
+    fn only_transient_first_connect_failures_are_retried() {
+        let dropped = ClientError::Connection {
+            address: "b:8883".into(),
+            reason: "the broker closed the connection".into(),
+        };
+        let refused = ClientError::ConnectionRefused {
+            address: "b:8883".into(),
+            reason: "refused".into(),
+        };
+        let tls = ClientError::Tls {
+            address: "b:8883".into(),
+            reason: "unknown CA".into(),
+        };
+        assert!(retry_first_connect(&dropped, true, 1));
+        assert!(retry_first_connect(&dropped, false, 2));
+        assert!(!retry_first_connect(&dropped, true, FIRST_CONNECT_ATTEMPTS));
+        assert!(!retry_first_connect(&refused, false, 1));
+        assert!(!retry_first_connect(&tls, false, 1));
     }
 
     #[test]

@@ -141,8 +141,9 @@ impl Embedded {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
             DAYS,
         )?;
+        remove_stale_internal_dirs(&std::env::temp_dir());
         let files = tempfile::Builder::new()
-            .prefix("samverkan-internal-")
+            .prefix(&format!("{INTERNAL_DIR_PREFIX}{}-", std::process::id()))
             .tempdir()?;
         write_private(&files.path().join("ca.pem"), ca.cert_pem())?;
         write_private(&files.path().join("server.pem"), &server.cert_pem)?;
@@ -327,6 +328,44 @@ async fn start_listener(
     Err(MqttError::Listener(last_error))
 }
 
+/// Start of the name of the directory with rumqttd's loopback certificate
+/// and key; the owning process's id follows.
+const INTERNAL_DIR_PREFIX: &str = "samverkan-internal-";
+
+/// Removes the internal directories of broker processes that no longer run.
+/// A process that is killed (SIGKILL, power loss) cannot remove its own,
+/// and each holds a loopback server key. Liveness is read from `/proc`;
+/// where there is none, nothing is removed.
+pub fn remove_stale_internal_dirs(temp: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(INTERNAL_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed the internal files of a broker that stopped without cleaning up")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove stale internal files")
+                }
+            }
+        }
+    }
+}
+
 fn path_string(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -339,4 +378,30 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_internal_dirs_are_removed_and_live_ones_kept() {
+        let temp = tempfile::tempdir().unwrap();
+        // No process has this id (Linux's pid_max is at most 2^22).
+        let stale = temp
+            .path()
+            .join(format!("{INTERNAL_DIR_PREFIX}999999999-abc"));
+        let live = temp
+            .path()
+            .join(format!("{INTERNAL_DIR_PREFIX}{}-def", std::process::id()));
+        let other = temp.path().join("samverkan-internal-xyz");
+        for dir in [&stale, &live, &other] {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("server.key"), "key").unwrap();
+        }
+        remove_stale_internal_dirs(temp.path());
+        assert!(!stale.exists());
+        assert!(live.exists());
+        assert!(other.exists(), "a name without a process id is not touched");
+    }
 }

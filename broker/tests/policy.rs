@@ -491,3 +491,64 @@ fn broken_schema_is_refused() {
     );
     assert!(errs[0].contains("not valid JSON"), "{errs:?}");
 }
+
+#[test]
+fn the_publisher_is_neither_shared_nor_denied_unless_it_addresses_itself() {
+    // A rule that lists the publisher among its recipients shares with the
+    // others; the publisher gets no share and no denial.
+    let set = load();
+    let fields = inspection_result();
+    let d = set.decide(&DecisionInput {
+        publisher: "polisen",
+        topic: "akrim/ost/inspection",
+        alert_type: "akrim.inspection_result",
+        fields: &fields,
+        to: None,
+    });
+    let shared: Vec<&str> = d.shares.iter().map(|s| s.recipient.as_str()).collect();
+    assert!(shared.contains(&"skatteverket"), "{shared:?}");
+    assert!(!shared.contains(&"polisen"), "{shared:?}");
+    assert!(
+        d.denials
+            .iter()
+            .all(|d| d.recipient.as_deref() != Some("polisen")),
+        "{:?}",
+        d.denials
+    );
+
+    // When the publisher is the only recipient the covering rules list,
+    // nobody else can receive the alert: `no_rule_for_alert`, which says so.
+    let dir = copy();
+    edit(
+        dir.path(),
+        "rules/welfare.toml",
+        "publishers = [\"skatteverket\", \"kronofogden\", \"linkoping\", \"norrkoping\"]\nrecipients = [\"linkoping\", \"norrkoping\"]",
+        "publishers = [\"skatteverket\", \"kronofogden\", \"linkoping\", \"norrkoping\"]\nrecipients = [\"linkoping\"]",
+    );
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&DecisionInput {
+        publisher: "linkoping",
+        topic: "welfare/company/ost",
+        alert_type: "welfare.company_flag",
+        fields: &Map::new(),
+        to: None,
+    });
+    assert!(d.shares.is_empty());
+    assert_eq!(d.denials.len(), 1, "{:?}", d.denials);
+    assert_eq!(d.denials[0].recipient, None);
+    assert_eq!(d.denials[0].reason, DenialReason::NoRuleForAlert);
+    let message = d.denials[0].reason.to_string();
+    assert!(message.contains("other than the publisher"), "{message}");
+
+    // Addressed to itself, the publisher is denied `self_addressed`.
+    let to = vec!["linkoping".to_string()];
+    let d = set.decide(&DecisionInput {
+        publisher: "linkoping",
+        topic: "welfare/company/ost",
+        alert_type: "welfare.company_flag",
+        fields: &Map::new(),
+        to: Some(&to),
+    });
+    assert_eq!(d.denials.len(), 1);
+    assert_eq!(d.denials[0].reason, DenialReason::SelfAddressed);
+}

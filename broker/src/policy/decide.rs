@@ -51,7 +51,8 @@ pub struct Share {
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DenialReason {
-    /// No rule covers this publisher, alert type and topic for anyone.
+    /// No rule lets anyone other than the publisher receive this alert type
+    /// on this topic from this publisher (`to` absent).
     NoRuleForAlert,
     /// The publisher named a recipient that no rule lets receive this alert.
     NoRuleForRecipient,
@@ -87,7 +88,9 @@ impl fmt::Display for DenialReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenialReason::NoRuleForAlert => {
-                f.write_str("no rule lets this publisher share this alert type on this topic")
+                f.write_str(
+                    "no rule lets any agency other than the publisher receive this alert type on this topic from this publisher",
+                )
             }
             DenialReason::NoRuleForRecipient => {
                 f.write_str("no rule lets this recipient receive this alert from this publisher")
@@ -157,6 +160,11 @@ impl PolicySet {
                 .iter()
                 .filter(|r| !r.only_when_addressed)
                 .flat_map(|r| r.recipients.iter().map(String::as_str))
+                // An agency never receives its own alert. A rule that lists
+                // the publisher among its recipients (a group sharing among
+                // its members) shares with the others; the publisher gets
+                // neither a share nor a denial, like the agencies no rule
+                // considers. Only naming itself in `to` is a denial.
                 .filter(|r| *r != input.publisher)
                 .collect(),
         };

@@ -27,6 +27,8 @@ pub const TAG_RECEIPT: &str = "samverkan/v1/receipt";
 pub const TAG_SHARE_STAMP: &str = "samverkan/v1/share-stamp";
 /// Domain tag of an acknowledgement (signed by the recipient agency).
 pub const TAG_ACK: &str = "samverkan/v1/ack";
+/// Domain tag of a replay status (signed by the broker).
+pub const TAG_REPLAY_STATUS: &str = "samverkan/v1/replay-status";
 /// Domain tag of a share id.
 pub const TAG_SHARE_ID: &str = "samverkan/v1/share-id";
 /// The owner name under which the broker's keys are registered.
@@ -412,7 +414,8 @@ impl SignedAt for Ack {
 /// the agency has not acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayRequest {
-    /// Chosen by the requester; echoed in the broker's log lines.
+    /// Chosen by the requester; echoed in the broker's log lines and in the
+    /// replay's status (up to [`MAX_REQUEST_ID_LEN`] bytes).
     pub request_id: String,
 }
 
@@ -420,5 +423,33 @@ impl ReplayRequest {
     /// Parses the JSON form with [`crate::json`].
     pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
         crate::json::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))
+    }
+}
+
+/// Longest request id the broker echoes in a [`ReplayStatus`]; a longer one
+/// is echoed as `-`.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The broker's word, on an agency's `replay/status` topic, that a replay
+/// has ended: how many shares it sent and how many unacknowledged shares it
+/// left for another request (PROTOCOL.md section 13.7.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayStatus {
+    /// The agency whose shares were replayed.
+    pub agency: String,
+    /// The request this replay answered (`-` if it had none usable).
+    pub request_id: String,
+    /// Shares sent by this replay.
+    pub sent: u64,
+    /// Unacknowledged shares not sent because the replay reached its
+    /// limit; more than 0 means: acknowledge, then ask again.
+    pub remaining: u64,
+    /// When the broker signed.
+    pub signed_at_ms: i64,
+}
+
+impl SignedAt for ReplayStatus {
+    fn signed_at_ms(&self) -> i64 {
+        self.signed_at_ms
     }
 }

@@ -10,6 +10,7 @@
 //! | broker answers the publisher | `/tenants/{me}/receipts` |
 //! | recipient acknowledges shares | `/tenants/{me}/acks` |
 //! | recipient asks for unacknowledged shares | `/tenants/{me}/replay` |
+//! | broker says a replay has ended | `/tenants/{me}/in/_replay/status` |
 //! | broker publishes signed audit checkpoints | `/tenants/{agency}/in/_audit/checkpoint` |
 
 /// Where an agency publishes alerts on a logical topic.
@@ -35,6 +36,12 @@ pub fn acks(agency: &str) -> String {
 /// Where an agency asks for a replay of unacknowledged shares.
 pub fn replay(agency: &str) -> String {
     format!("/tenants/{agency}/replay")
+}
+
+/// Where the broker says that a replay for an agency has ended. Below
+/// `in/_`, like checkpoints, so it is never taken for a delivery.
+pub fn replay_status(agency: &str) -> String {
+    inbox(agency, "_replay/status")
 }
 
 /// Where the broker publishes signed audit checkpoints to an agency.
@@ -110,6 +117,7 @@ mod tests {
             Some(BrokerTopic::Acks { agency: "polisen" })
         );
         assert_eq!(BrokerTopic::parse("/tenants/polisen/in/x"), None);
+        assert_eq!(BrokerTopic::parse(&replay_status("polisen")), None);
         assert_eq!(BrokerTopic::parse("tenants/polisen/out/x"), None);
         assert_eq!(
             logical_of_inbox("linkoping", &inbox("linkoping", "a/b")),

@@ -11,5 +11,6 @@ mod isolation;
 mod raw;
 mod rejections;
 mod reload;
+mod replay;
 mod third_party;
 mod tls;

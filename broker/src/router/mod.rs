@@ -38,7 +38,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use samverkan_sdk::envelope::Envelope;
-use samverkan_sdk::messages::{self, Ack, ReplayRequest, Signed};
+use samverkan_sdk::messages::{self, Ack, ReplayRequest, ReplayStatus, Signed};
 use samverkan_sdk::time::Clock;
 use samverkan_sdk::topics::{self, BrokerTopic};
 use sha2::Digest as _;
@@ -47,8 +47,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 mod decide;
+mod replay;
 
 use self::decide::{Arrived, Decider, b64, take_index};
+use self::replay::Pacer;
 
 use crate::audit::subject::SubjectHasher;
 use crate::audit::tree::Frontier;
@@ -206,6 +208,8 @@ pub struct Router {
     limits_version: String,
     recorded_policy: Option<String>,
     replays: DefaultKeyedRateLimiter<String>,
+    /// The replays in progress, paced by the recipients' acknowledgements.
+    pacer: Pacer,
     next_index: u64,
     resync: bool,
     commands: mpsc::Receiver<RouterCommand>,
@@ -258,6 +262,7 @@ impl Router {
         } = parts;
         let current = policy.current();
         let limits = PublishLimits::from_policy(&current);
+        let pacer = Pacer::new(settings.replay_limit);
         let quota = Quota::per_second(NonZeroU32::MIN)
             .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
         Self {
@@ -272,6 +277,7 @@ impl Router {
             limits_version: current.version().to_string(),
             recorded_policy: None,
             replays: RateLimiter::keyed(quota),
+            pacer,
             next_index: 0,
             resync: true,
             commands,
@@ -597,11 +603,14 @@ impl Router {
             .take()
             .ok_or_else(|| RouterError::Link("the router link was already taken".into()))?;
         let (intake, mut queue) = spawn_intake(rx, self.settings.batch_max * INTAKE_BATCHES);
+        let mut pace = tokio::time::interval(PACE_EVERY);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break Ok(()),
                 Some(command) = self.commands.recv() => self.handle(command).await,
+                _ = pace.tick(), if self.pacer.active() => self.pace().await,
                 batch = receive_batch(&mut queue, self.settings.batch_max) => match batch {
                     Some(batch) => self.process(batch).await,
                     None => break Err(RouterError::Link("rumqttd closed the router link".into())),
@@ -715,13 +724,18 @@ impl Router {
         commit = decided_commit;
 
         // Acknowledgements.
+        let mut acked = Vec::new();
         for (tenant, payload) in acks {
-            if let Err(e) = self
+            match self
                 .record_ack(&policy, &tenant, &payload, now, &mut next, &mut commit)
                 .await
             {
-                error!(error = %e, "database unavailable: batch dropped (fail closed)");
-                return;
+                Ok(Some(share_ids)) => acked.push((tenant, share_ids)),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                    return;
+                }
             }
         }
 
@@ -768,9 +782,15 @@ impl Router {
             receipts: decided.receipts,
         };
         self.launch(commit, next, frontier, answers);
-        for (tenant, payload) in replays {
-            self.replay(&tenant, &payload).await;
+        // A verified acknowledgement shows what the recipient has taken,
+        // whether or not it commits; it only opens the replay's window.
+        for (tenant, share_ids) in acked {
+            self.pacer.acked(&tenant, &share_ids);
         }
+        for (tenant, payload) in replays {
+            self.start_replay(&tenant, &payload);
+        }
+        self.pace().await;
     }
 
     /// Alerts accepted earlier, by (publisher, alert id): committed ones
@@ -826,6 +846,8 @@ impl Router {
         Ok(())
     }
 
+    /// Verifies an acknowledgement and adds what it newly acknowledges to
+    /// `commit`; returns its share ids if it verified.
     async fn record_ack(
         &self,
         policy: &PolicySet,
@@ -834,7 +856,7 @@ impl Router {
         now: i64,
         next: &mut u64,
         commit: &mut Commit,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let ack = Signed::from_json(payload)
             .map_err(|e| e.to_string())
             .and_then(|signed| {
@@ -847,7 +869,7 @@ impl Router {
             Ok(a) => a,
             Err(reason) => {
                 warn!(agency = tenant, reason, "acknowledgement refused");
-                return Ok(());
+                return Ok(None);
             }
         };
         if ack.agency != tenant || ack.share_ids.len() > 1000 {
@@ -855,7 +877,7 @@ impl Router {
                 agency = tenant,
                 "acknowledgement refused: wrong agency or too many share ids"
             );
-            return Ok(());
+            return Ok(None);
         }
         // Proof of receipt must be fresh and made with a key valid now, so a
         // revoked key cannot produce backdated acknowledgements.
@@ -873,7 +895,7 @@ impl Router {
                 key_valid_now,
                 "acknowledgement refused: stale, or signed with a key not valid now"
             );
-            return Ok(());
+            return Ok(None);
         }
         let pending = self.store.unacked_among(tenant, &ack.share_ids).await?;
         let message = serde_json::to_vec(&signed).unwrap_or_default();
@@ -909,13 +931,17 @@ impl Router {
                 ack_message: message.clone(),
             });
         }
-        Ok(())
+        Ok(Some(ack.share_ids))
     }
 
-    async fn replay(&mut self, tenant: &str, payload: &[u8]) {
+    /// Starts replaying `tenant`'s unacknowledged shares (at most one
+    /// request per second, burst 3); [`Self::pace`] sends them.
+    fn start_replay(&mut self, tenant: &str, payload: &[u8]) {
         let request = ReplayRequest::from_json(payload)
             .map(|r| r.request_id)
-            .unwrap_or_else(|_| "-".into());
+            .ok()
+            .filter(|id| id.len() <= messages::MAX_REQUEST_ID_LEN)
+            .unwrap_or_else(|| "-".into());
         if self.replays.check_key(&tenant.to_string()).is_err() {
             warn!(
                 agency = tenant,
@@ -923,24 +949,95 @@ impl Router {
             );
             return;
         }
-        match self
+        debug!(agency = tenant, request, "replay started");
+        self.pacer.start(tenant, request);
+    }
+
+    /// Sends what the replays' windows allow, after releasing the shares
+    /// that have waited too long for an acknowledgement. Each call sends at
+    /// most one window per agency, so a large replay cannot hold up the
+    /// router, and other agencies' traffic goes on between windows.
+    async fn pace(&mut self) {
+        self.pacer.expire(Instant::now());
+        for tenant in self.pacer.agencies() {
+            self.refill(&tenant).await;
+        }
+    }
+
+    /// Sends the next shares of `tenant`'s replay that fit in its window,
+    /// and ends the replay at the end of the queue or at its limit.
+    async fn refill(&mut self, tenant: &str) {
+        let Some(room) = self.pacer.room(tenant) else {
+            return;
+        };
+        let page = match self
             .store
-            .pending_deliveries(tenant, self.settings.replay_limit)
+            .replay_page(tenant, room.after, room.shares)
             .await
         {
-            Ok(pending) => {
-                let count = pending.len();
-                for p in pending {
-                    if let Some(payload) = p.payload {
-                        self.send(topics::inbox(tenant, &p.topic), payload).await;
-                    }
-                }
-                info!(
-                    agency = tenant,
-                    request, count, "replayed unacknowledged shares"
-                );
+            Ok(page) => page,
+            Err(e) => {
+                let request = self.pacer.abandon(tenant).unwrap_or_default();
+                error!(agency = tenant, request, error = %e, "replay stopped: database unavailable");
+                return;
             }
-            Err(e) => error!(agency = tenant, error = %e, "replay failed: database unavailable"),
+        };
+        let exhausted = page.len() < room.shares as usize;
+        let mut all_sent = true;
+        for share in page {
+            if !self.pacer.fits(tenant) {
+                all_sent = false;
+                break;
+            }
+            let bytes = share.payload.len();
+            self.pacer.sent(
+                tenant,
+                share.share_id,
+                share.position,
+                bytes,
+                Instant::now(),
+            );
+            self.outbox
+                .send(topics::inbox(tenant, &share.topic), share.payload)
+                .await;
+        }
+        if let Some(done) = self.pacer.finish_if_done(tenant, exhausted && all_sent) {
+            self.finish_replay(tenant, done).await;
+        }
+    }
+
+    /// Says, signed, that `tenant`'s replay has ended and how many shares it left.
+    async fn finish_replay(&mut self, tenant: &str, done: replay::Finished) {
+        let remaining = if done.at_limit {
+            match self.store.replay_remaining(tenant, done.after).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Unknown: say that some remain, so the client asks again.
+                    warn!(agency = tenant, error = %e, "could not count the shares a replay left");
+                    1
+                }
+            }
+        } else {
+            0
+        };
+        info!(
+            agency = tenant,
+            request = done.request,
+            count = done.sent,
+            remaining,
+            "replayed unacknowledged shares"
+        );
+        let status = ReplayStatus {
+            agency: tenant.to_string(),
+            request_id: done.request,
+            sent: done.sent,
+            remaining,
+            signed_at_ms: self.clock.now_ms(),
+        };
+        let signed = self.signer.sign(messages::TAG_REPLAY_STATUS, &status);
+        match serde_json::to_vec(&signed) {
+            Ok(payload) => self.send(topics::replay_status(tenant), payload).await,
+            Err(e) => error!(agency = tenant, error = %e, "could not encode a replay status"),
         }
     }
 }
@@ -1011,6 +1108,10 @@ fn classify(rx: &LinkRx, notification: Notification, batch: &mut Vec<Inbound>) {
         _ => {}
     }
 }
+
+/// How often replays waiting for acknowledgements are looked at (to release
+/// shares that were never acknowledged).
+const PACE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Batches the intake may read ahead of the router. rumqttd keeps only a
 /// small ring per topic filter (see `mqtt.rs`), and a reader that falls

@@ -298,6 +298,37 @@ pub struct PendingDelivery {
     pub payload: Option<Vec<u8>>,
 }
 
+/// Where a replay stands in an agency's delivery queue: the (creation time,
+/// audit index) of the last share it sent, the order replays follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuePosition {
+    /// `created_at_ms` of the delivery.
+    pub created_at_ms: i64,
+    /// `audit_idx` of the delivery.
+    pub audit_idx: i64,
+}
+
+impl QueuePosition {
+    /// Before every delivery.
+    pub const START: QueuePosition = QueuePosition {
+        created_at_ms: i64::MIN,
+        audit_idx: i64::MIN,
+    };
+}
+
+/// An unacknowledged delivery to send again, and where it stands in the queue.
+#[derive(Debug, Clone)]
+pub struct ReplayDelivery {
+    /// The share.
+    pub share_id: String,
+    /// The logical topic.
+    pub topic: String,
+    /// The signed delivery message, exactly as first sent.
+    pub payload: Vec<u8>,
+    /// Its place in the queue.
+    pub position: QueuePosition,
+}
+
 /// What is stored about an alert that was already accepted.
 #[derive(Debug, Clone)]
 pub struct KnownAlert {
@@ -1149,6 +1180,58 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The oldest `limit` unacknowledged, unpurged deliveries of
+    /// `recipient` after `after`, in replay order.
+    pub async fn replay_page(
+        &self,
+        recipient: &str,
+        after: QueuePosition,
+        limit: u32,
+    ) -> Result<Vec<ReplayDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT share_id, topic, payload, created_at_ms, audit_idx FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL AND (created_at_ms > $2 OR (created_at_ms = $3 AND audit_idx > $4)) ORDER BY created_at_ms, audit_idx LIMIT $5",
+        )
+        .bind(recipient.to_string())
+        .bind(after.created_at_ms)
+        .bind(after.created_at_ms)
+        .bind(after.audit_idx)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReplayDelivery {
+                    share_id: row.try_get("share_id")?,
+                    topic: row.try_get("topic")?,
+                    payload: row.try_get("payload")?,
+                    position: QueuePosition {
+                        created_at_ms: row.try_get("created_at_ms")?,
+                        audit_idx: row.try_get("audit_idx")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// How many unacknowledged, unpurged deliveries of `recipient` come after `after`.
+    pub async fn replay_remaining(
+        &self,
+        recipient: &str,
+        after: QueuePosition,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL AND (created_at_ms > $2 OR (created_at_ms = $3 AND audit_idx > $4))",
+        )
+        .bind(recipient.to_string())
+        .bind(after.created_at_ms)
+        .bind(after.created_at_ms)
+        .bind(after.audit_idx)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Whether the text of a policy version is archived.

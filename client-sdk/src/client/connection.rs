@@ -8,7 +8,9 @@
 //!   acknowledged marks the connection *ready* (publishes wait for that, so
 //!   no receipt can be missed) and asks the broker to replay unacknowledged
 //!   shares (also after each new subscription; not while no inbox filter is
-//!   subscribed, when the replay could reach nobody);
+//!   subscribed, when the replay could reach nobody), and asks again when
+//!   the broker's replay status says shares remain (or some were dropped
+//!   here) and this client acknowledged shares since it asked;
 //! * verifies receipts and hands them to the waiting publishes;
 //! * verifies deliveries and queues them for the matching subscriptions,
 //!   suppressing duplicates and acknowledging again shares that were
@@ -42,7 +44,8 @@ use super::tls::find_tls_error;
 use super::tracker::{BatchKind, SubBatch, SubscribeTracker};
 use crate::keys::KeyRegistry;
 use crate::messages::{
-    Ack, BROKER_KEY_OWNER, Delivery, Receipt, ReplayRequest, Signed, TAG_ACK, TAG_RECEIPT,
+    Ack, BROKER_KEY_OWNER, Delivery, Receipt, ReplayRequest, ReplayStatus, Signed, TAG_ACK,
+    TAG_RECEIPT, TAG_REPLAY_STATUS,
 };
 use crate::time::now_ms;
 use crate::topics;
@@ -50,6 +53,10 @@ use crate::topics;
 /// How long after a SUBACK the replay request goes out, so that several
 /// subscriptions made together share one.
 const REPLAY_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How long after a replay status the client asks again: the broker takes
+/// one request per second per agency.
+const REPLAY_AGAIN_AFTER: Duration = Duration::from_millis(1100);
 
 /// Most share ids in one acknowledgement the task sends.
 const MAX_SHARES_PER_ACK: usize = 500;
@@ -90,6 +97,15 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// A replay request is about to be sent.
     pub(crate) replay_scheduled: AtomicBool,
+    /// The id of the last replay request sent, to recognise its status.
+    pub(crate) replay_request: Mutex<Option<String>>,
+    /// A share was acknowledged since the last replay request: asking again
+    /// makes progress (a client that never acknowledges would otherwise get
+    /// the same shares again and again).
+    pub(crate) acked_since_replay: AtomicBool,
+    /// A delivery was dropped here (queue full) since the last replay
+    /// request; it is still pending at the broker.
+    pub(crate) dropped_since_replay: AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +152,9 @@ impl Shared {
             }
         };
         debug!(request_id = %request.request_id, "requesting a replay of unacknowledged shares");
+        *lock(&self.replay_request) = Some(request.request_id.clone());
+        self.acked_since_replay.store(false, Ordering::Release);
+        self.dropped_since_replay.store(false, Ordering::Release);
         let topic = topics::replay(&self.agency);
         if self
             .mqtt
@@ -246,7 +265,9 @@ pub(crate) fn classify(err: &ConnectionError, address: &str, timeout: Duration) 
 pub(crate) enum Inbound<'a> {
     /// The agency's receipts topic.
     Receipt,
-    /// A broker checkpoint (`_audit/…`), not a delivery.
+    /// The broker's status of a replay.
+    ReplayStatus,
+    /// Another broker message below `in/_` (checkpoints), not a delivery.
     Checkpoint,
     /// A delivery on this logical topic.
     Delivery(&'a str),
@@ -260,7 +281,8 @@ pub(crate) fn inbound<'a>(me: &str, topic: &'a str) -> Inbound<'a> {
         return Inbound::Receipt;
     }
     match topics::logical_of_inbox(me, topic) {
-        Some(logical) if logical.starts_with("_audit/") => Inbound::Checkpoint,
+        Some("_replay/status") => Inbound::ReplayStatus,
+        Some(logical) if logical.starts_with('_') => Inbound::Checkpoint,
         Some(logical) => Inbound::Delivery(logical),
         None => Inbound::Unexpected,
     }
@@ -438,7 +460,7 @@ impl Task {
             generation = s.generation;
         });
         let me = self.me().to_string();
-        let mut topics_list = vec![topics::receipts(&me)];
+        let mut topics_list = vec![topics::receipts(&me), topics::replay_status(&me)];
         topics_list.extend(
             lock(&self.shared.routes)
                 .filters()
@@ -490,29 +512,30 @@ impl Task {
         // A replay only helps once an inbox filter is subscribed: before
         // that the broker would send every unacknowledged share into the void.
         let inbox_prefix = topics::inbox(self.me(), "");
+        let status = topics::replay_status(self.me());
         let inbox_granted = batch
             .topics
             .iter()
-            .filter(|t| t.starts_with(&inbox_prefix))
+            .filter(|t| t.starts_with(&inbox_prefix) && **t != status)
             .any(|t| batch.granted(&suback.return_codes, t));
         batch.resolve(&suback.return_codes);
         if inbox_granted {
-            self.schedule_replay();
+            self.schedule_replay(REPLAY_DEBOUNCE);
         }
         Flow::Continue
     }
 
-    /// Asks the broker, shortly, to deliver again every share not yet
+    /// Asks the broker, after `delay`, to deliver again every share not yet
     /// acknowledged. Called after a SUBACK, so the replay reaches the new
     /// subscriptions; subscriptions made in quick succession share one
     /// request (the broker limits how often an agency may ask).
-    fn schedule_replay(&mut self) {
+    fn schedule_replay(&mut self, delay: Duration) {
         if self.shared.replay_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(REPLAY_DEBOUNCE).await;
+            tokio::time::sleep(delay).await;
             shared.replay_scheduled.store(false, Ordering::Release);
             shared.request_replay().await;
         });
@@ -522,6 +545,7 @@ impl Task {
         let topic = publish.topic.clone();
         match inbound(self.me(), &topic) {
             Inbound::Receipt => self.on_receipt(&publish.payload),
+            Inbound::ReplayStatus => self.on_replay_status(&publish.payload),
             Inbound::Checkpoint => debug!(topic = %topic, "audit checkpoint ignored"),
             Inbound::Delivery(logical) => self.on_delivery(logical, &publish.payload),
             Inbound::Unexpected => warn!(topic = %topic, "message on an unexpected topic dropped"),
@@ -547,6 +571,50 @@ impl Task {
                 reason = %mismatch,
                 "verified receipt matches no waiting publish"
             ),
+        }
+    }
+
+    /// A replay this client asked for has ended: ask again if the broker
+    /// left shares for another request, or if deliveries were dropped here,
+    /// provided this client acknowledged something meanwhile.
+    fn on_replay_status(&mut self, payload: &[u8]) {
+        let status = Signed::from_json(payload).and_then(|signed| {
+            signed.verify::<ReplayStatus>(
+                TAG_REPLAY_STATUS,
+                &self.shared.broker_keys,
+                BROKER_KEY_OWNER,
+            )
+        });
+        let status = match status {
+            Ok(s) if s.agency == self.shared.agency => s,
+            Ok(_) => {
+                warn!("refused a replay status for another agency");
+                return;
+            }
+            Err(e) => {
+                warn!(
+                    code = e.code(),
+                    "refused a replay status that does not verify"
+                );
+                return;
+            }
+        };
+        let mine = lock(&self.shared.replay_request).as_deref() == Some(status.request_id.as_str());
+        if !mine {
+            debug!(request_id = %status.request_id, "status of another client's replay");
+            return;
+        }
+        let dropped = self.shared.dropped_since_replay.load(Ordering::Acquire);
+        let progress = self.shared.acked_since_replay.load(Ordering::Acquire);
+        debug!(
+            sent = status.sent,
+            remaining = status.remaining,
+            dropped,
+            progress,
+            "replay ended"
+        );
+        if (status.remaining > 0 || dropped) && progress {
+            self.schedule_replay(REPLAY_AGAIN_AFTER);
         }
     }
 
@@ -589,6 +657,9 @@ impl Task {
                     let share = ReceivedShare::new(delivery.clone(), sub, self.shared.clone());
                     // On failure the share is dropped here, which releases it.
                     if tx.try_send(Ok(share)).is_err() {
+                        self.shared
+                            .dropped_since_replay
+                            .store(true, Ordering::Release);
                         warn!(
                             share_id = %share_id,
                             topic = %logical,
@@ -662,6 +733,10 @@ mod tests {
         assert_eq!(
             inbound("polisen", "/tenants/polisen/acks"),
             Inbound::Unexpected
+        );
+        assert_eq!(
+            inbound("polisen", "/tenants/polisen/in/_replay/status"),
+            Inbound::ReplayStatus
         );
     }
 

@@ -34,7 +34,8 @@
 //!   polls the connection for the life of the client,
 //!   reconnects with backoff, and after every CONNACK re-subscribes the
 //!   receipts topic and every subscription, then (if anything is subscribed)
-//!   asks the broker to replay unacknowledged shares.
+//!   asks the broker to replay unacknowledged shares, and asks again while
+//!   the broker's replay status says shares remain.
 //! * **Publishing.** [`Client::publish`] signs the alert with a fresh alert
 //!   id and sends it at QoS 1, then waits for the broker's signed receipt.
 //!   The broker keeps no session across reconnects, so a PUBACK is not
@@ -272,6 +273,9 @@ impl Client {
             state,
             closing: AtomicBool::new(false),
             replay_scheduled: AtomicBool::new(false),
+            replay_request: Mutex::new(None),
+            acked_since_replay: AtomicBool::new(false),
+            dropped_since_replay: AtomicBool::new(false),
         });
         Self {
             shared,

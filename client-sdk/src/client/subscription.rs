@@ -218,6 +218,9 @@ impl ReceivedShare {
         let share_id = self.share_id().to_string();
         self.shared.send_ack(vec![share_id.clone()]).await?;
         lock(&self.shared.dedup).mark_acked(&share_id);
+        self.shared
+            .acked_since_replay
+            .store(true, Ordering::Release);
         self.acked.store(true, Ordering::Release);
         tracing::debug!(share_id = %share_id, "share acknowledged");
         Ok(())

@@ -17,8 +17,8 @@ use super::*;
 use crate::envelope::EnvelopeHeader;
 use crate::keys::{AgencyKey, KeyRegistry};
 use crate::messages::{
-    self, Ack, BROKER_KEY_OWNER, Delivery, Rejection, ShareReceipt, ShareStamp, Signed,
-    TAG_RECEIPT, TAG_SHARE_STAMP,
+    self, Ack, BROKER_KEY_OWNER, Delivery, Rejection, ReplayStatus, ShareReceipt, ShareStamp,
+    Signed, TAG_RECEIPT, TAG_REPLAY_STATUS, TAG_SHARE_STAMP,
 };
 
 const ME: &str = "linkoping";
@@ -262,7 +262,10 @@ async fn replays_are_requested_once_inbox_filters_are_subscribed() {
     let mut h = Harness::new(config());
     assert!(!h.client.is_connected());
     let topics = h.connect();
-    assert_eq!(topics, vec![topics::receipts(ME)]);
+    assert_eq!(
+        topics,
+        vec![topics::receipts(ME), topics::replay_status(ME)]
+    );
     assert!(h.client.is_connected());
     // Nothing subscribed: a replay could reach nobody.
     assert_eq!(h.replays_sent().await, 0);
@@ -275,6 +278,65 @@ async fn replays_are_requested_once_inbox_filters_are_subscribed() {
     // Every reconnect re-subscribes and asks again.
     h.connect();
     assert_eq!(h.replays_sent().await, 1);
+}
+
+fn replay_status(request_id: &str, remaining: u64, key: &SigningKey) -> Vec<u8> {
+    let status = ReplayStatus {
+        agency: ME.into(),
+        request_id: request_id.into(),
+        sent: 500,
+        remaining,
+        signed_at_ms: now_ms(),
+    };
+    serde_json::to_vec(&Signed::sign(
+        TAG_REPLAY_STATUS,
+        &status,
+        key,
+        BROKER_KEY_ID,
+    ))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_asks_again_while_its_replay_leaves_shares() {
+    let mut h = Harness::new(config());
+    h.connect();
+    let mut sub = subscribe(&mut h, "#").await;
+    assert_eq!(h.replays_sent().await, 1);
+    let asked = lock(&h.client.shared.replay_request).clone().unwrap();
+    let again = |h: &mut Harness, payload: Vec<u8>| {
+        h.incoming(topics::replay_status(ME), payload);
+    };
+
+    // Nothing acknowledged since the request: asking again would only bring
+    // the same shares back.
+    again(&mut h, replay_status(&asked, 700, &broker_key()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.replays_sent().await, 0);
+
+    let topic = "welfare/x";
+    let (payload, _) = delivery(topic, "alert-1", &broker_key());
+    h.incoming(topics::inbox(ME, topic), payload);
+    sub.next().await.unwrap().unwrap().ack().await.unwrap();
+    assert_eq!(h.publish_request().await.topic, topics::acks(ME));
+
+    // Not this client's request, not signed by the broker, or nothing left:
+    // no new request.
+    again(&mut h, replay_status("another-client", 700, &broker_key()));
+    again(&mut h, replay_status(&asked, 700, &polisen_key()));
+    again(&mut h, replay_status(&asked, 0, &broker_key()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.replays_sent().await, 0);
+
+    // Shares left and progress made: ask again, once the broker's rate allows.
+    again(&mut h, replay_status(&asked, 700, &broker_key()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.replays_sent().await, 1);
+    assert_ne!(
+        lock(&h.client.shared.replay_request).as_deref(),
+        Some(asked.as_str()),
+        "a new request id"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -602,6 +664,7 @@ async fn deliveries_go_to_every_matching_subscription_only() {
         topics,
         vec![
             topics::receipts(ME),
+            topics::replay_status(ME),
             topics::inbox(ME, "#"),
             topics::inbox(ME, "welfare/#")
         ]
@@ -626,7 +689,11 @@ async fn a_subscription_lost_with_the_connection_completes_after_the_reconnect()
     let topics = h.connect();
     assert_eq!(
         topics,
-        vec![topics::receipts(ME), topics::inbox(ME, "akrim/#")]
+        vec![
+            topics::receipts(ME),
+            topics::replay_status(ME),
+            topics::inbox(ME, "akrim/#")
+        ]
     );
     let sub = subscribing.await.unwrap().unwrap();
     assert_eq!(sub.filter(), "akrim/#");

@@ -1,0 +1,362 @@
+//! Pacing of replays.
+//!
+//! rumqttd keeps only a small ring per topic filter (`mqtt.rs`), and a
+//! subscriber that falls further behind than the ring loses messages. A
+//! replay written into rumqttd all at once overflowed the recipient's ring,
+//! and most of a large backlog was lost on the way. So each agency's replay
+//! keeps a *window*: at most [`WINDOW_SHARES`] shares and about
+//! [`WINDOW_BYTES`] sent and not yet acknowledged. The recipient's
+//! acknowledgements open the window again; a share that stays
+//! unacknowledged (its topic has no subscriber, or the recipient does not
+//! acknowledge) leaves the window after [`RELEASE_AFTER`], or as soon as a
+//! share sent after it is acknowledged (the recipient has read past it).
+//!
+//! This module is the bookkeeping only; the router reads the store and
+//! sends. Memory is bounded per agency: one replay at a time, each holding
+//! at most one window of share ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::store::QueuePosition;
+
+/// Most replayed shares of one agency sent and not yet acknowledged.
+pub(super) const WINDOW_SHARES: usize = 256;
+/// Bytes of replayed shares of one agency sent and not yet acknowledged
+/// before the replay waits (a quarter of rumqttd's ring; the last share
+/// sent may go over it).
+pub(super) const WINDOW_BYTES: usize = 512 * 1024;
+/// How long an unacknowledged replayed share holds its place in the window.
+pub(super) const RELEASE_AFTER: Duration = Duration::from_secs(3);
+
+/// A share sent and not yet acknowledged.
+struct Outstanding {
+    share_id: String,
+    bytes: usize,
+    sent_at: Instant,
+}
+
+/// One agency's replay in progress.
+struct Session {
+    /// The request it answers, for logs and the status.
+    request: String,
+    /// The last share sent.
+    after: QueuePosition,
+    /// Shares sent so far.
+    sent: u64,
+    /// Sent and not acknowledged, by send order.
+    outstanding: BTreeMap<u64, Outstanding>,
+    /// Send order of each outstanding share.
+    order: HashMap<String, u64>,
+    /// Bytes of the outstanding shares.
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl Session {
+    /// Takes every outstanding share up to and including `seq` out of the window.
+    fn release_through(&mut self, seq: u64) {
+        let kept = self.outstanding.split_off(&(seq + 1));
+        for (_, o) in std::mem::replace(&mut self.outstanding, kept) {
+            self.order.remove(&o.share_id);
+            self.bytes = self.bytes.saturating_sub(o.bytes);
+        }
+    }
+}
+
+/// What the router should fetch next for an agency's replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Room {
+    /// Fetch shares after this position.
+    pub(super) after: QueuePosition,
+    /// At most this many.
+    pub(super) shares: u32,
+}
+
+/// How a replay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Finished {
+    /// The request it answered.
+    pub(super) request: String,
+    /// Shares it sent.
+    pub(super) sent: u64,
+    /// Where it stopped (to count what is left).
+    pub(super) after: QueuePosition,
+    /// Whether it stopped at the per-request limit rather than at the end
+    /// of the queue.
+    pub(super) at_limit: bool,
+}
+
+/// The replays in progress, one per agency at most.
+pub(super) struct Pacer {
+    sessions: HashMap<String, Session>,
+    /// Most shares one request sends.
+    limit: u64,
+}
+
+impl Pacer {
+    /// No replays yet; each request sends at most `limit` shares.
+    pub(super) fn new(limit: u32) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            limit: u64::from(limit),
+        }
+    }
+
+    /// Whether any replay is in progress.
+    pub(super) fn active(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
+    /// The agencies with a replay in progress.
+    pub(super) fn agencies(&self) -> Vec<String> {
+        self.sessions.keys().cloned().collect()
+    }
+
+    /// Starts a replay for `agency` from its oldest pending share. A replay
+    /// already running for it is replaced: the new request may come from a
+    /// client that missed what the old one sent.
+    pub(super) fn start(&mut self, agency: &str, request: String) {
+        self.sessions.insert(
+            agency.to_string(),
+            Session {
+                request,
+                after: QueuePosition::START,
+                sent: 0,
+                outstanding: BTreeMap::new(),
+                order: HashMap::new(),
+                bytes: 0,
+                next_seq: 0,
+            },
+        );
+    }
+
+    /// `agency` acknowledged `share_ids`: each, and every share sent before
+    /// it, leaves the window.
+    pub(super) fn acked(&mut self, agency: &str, share_ids: &[String]) {
+        let Some(session) = self.sessions.get_mut(agency) else {
+            return;
+        };
+        let latest = share_ids
+            .iter()
+            .filter_map(|id| session.order.get(id).copied())
+            .max();
+        if let Some(seq) = latest {
+            session.release_through(seq);
+        }
+    }
+
+    /// Shares sent before `now - RELEASE_AFTER` and still unacknowledged
+    /// leave the window.
+    pub(super) fn expire(&mut self, now: Instant) {
+        for session in self.sessions.values_mut() {
+            let expired = session
+                .outstanding
+                .iter()
+                .take_while(|(_, o)| now.saturating_duration_since(o.sent_at) >= RELEASE_AFTER)
+                .map(|(seq, _)| *seq)
+                .last();
+            if let Some(seq) = expired {
+                session.release_through(seq);
+            }
+        }
+    }
+
+    /// What may be sent now for `agency`'s replay; `None` if the window is
+    /// full or there is no replay.
+    pub(super) fn room(&self, agency: &str) -> Option<Room> {
+        let session = self.sessions.get(agency)?;
+        let free = WINDOW_SHARES.saturating_sub(session.outstanding.len());
+        let allowed = self.limit.saturating_sub(session.sent);
+        let shares = u64::try_from(free).unwrap_or(0).min(allowed);
+        if shares == 0 || session.bytes >= WINDOW_BYTES {
+            return None;
+        }
+        Some(Room {
+            after: session.after,
+            shares: u32::try_from(shares).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Whether one more share may be sent now for `agency`.
+    pub(super) fn fits(&self, agency: &str) -> bool {
+        self.sessions.get(agency).is_some_and(|s| {
+            s.outstanding.len() < WINDOW_SHARES && s.bytes < WINDOW_BYTES && s.sent < self.limit
+        })
+    }
+
+    /// Records that `share_id` (at `position`, `bytes` long) was sent.
+    pub(super) fn sent(
+        &mut self,
+        agency: &str,
+        share_id: String,
+        position: QueuePosition,
+        bytes: usize,
+        now: Instant,
+    ) {
+        let Some(session) = self.sessions.get_mut(agency) else {
+            return;
+        };
+        let seq = session.next_seq;
+        session.next_seq += 1;
+        session.order.insert(share_id.clone(), seq);
+        session.outstanding.insert(
+            seq,
+            Outstanding {
+                share_id,
+                bytes,
+                sent_at: now,
+            },
+        );
+        session.bytes += bytes;
+        session.sent += 1;
+        session.after = position;
+    }
+
+    /// Ends `agency`'s replay if it reached the end of the queue
+    /// (`exhausted`) or its limit.
+    pub(super) fn finish_if_done(&mut self, agency: &str, exhausted: bool) -> Option<Finished> {
+        let session = self.sessions.get(agency)?;
+        let at_limit = session.sent >= self.limit;
+        if !exhausted && !at_limit {
+            return None;
+        }
+        let session = self.sessions.remove(agency)?;
+        Some(Finished {
+            request: session.request,
+            sent: session.sent,
+            after: session.after,
+            at_limit: at_limit && !exhausted,
+        })
+    }
+
+    /// Drops `agency`'s replay (the store failed).
+    pub(super) fn abandon(&mut self, agency: &str) -> Option<String> {
+        self.sessions.remove(agency).map(|s| s.request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(i: i64) -> QueuePosition {
+        QueuePosition {
+            created_at_ms: 1000,
+            audit_idx: i,
+        }
+    }
+
+    /// Sends shares `from..to` of 1 KB each.
+    fn send(p: &mut Pacer, from: i64, to: i64, now: Instant) {
+        for i in from..to {
+            p.sent("a", format!("s{i}"), position(i), 1024, now);
+        }
+    }
+
+    #[test]
+    fn the_window_fills_and_acknowledgements_open_it() {
+        let now = Instant::now();
+        let mut p = Pacer::new(10_000);
+        assert_eq!(p.room("a"), None);
+        p.start("a", "r1".into());
+        let room = p.room("a").unwrap();
+        assert_eq!(room.after, QueuePosition::START);
+        assert_eq!(room.shares as usize, WINDOW_SHARES);
+        send(&mut p, 0, WINDOW_SHARES as i64, now);
+        assert!(!p.fits("a"));
+        assert_eq!(p.room("a"), None);
+        // Another agency's acknowledgement changes nothing.
+        p.acked("b", &["s0".into()]);
+        assert_eq!(p.room("a"), None);
+        p.acked("a", &["s0".into(), "s1".into()]);
+        let room = p.room("a").unwrap();
+        assert_eq!(room.shares, 2);
+        assert_eq!(room.after, position(WINDOW_SHARES as i64 - 1));
+    }
+
+    #[test]
+    fn an_acknowledgement_releases_the_shares_sent_before_it() {
+        let now = Instant::now();
+        let mut p = Pacer::new(10_000);
+        p.start("a", "r1".into());
+        send(&mut p, 0, 10, now);
+        // s0..s4 were read past (no subscriber, or lost): they go too.
+        p.acked("a", &["s5".into()]);
+        assert_eq!(p.room("a").unwrap().shares as usize, WINDOW_SHARES - 4);
+        // Unknown or already released ids change nothing.
+        p.acked("a", &["s2".into(), "zz".into()]);
+        assert_eq!(p.room("a").unwrap().shares as usize, WINDOW_SHARES - 4);
+    }
+
+    #[test]
+    fn bytes_bound_the_window_too() {
+        let now = Instant::now();
+        let mut p = Pacer::new(10_000);
+        p.start("a", "r1".into());
+        p.sent("a", "big".into(), position(0), WINDOW_BYTES, now);
+        assert!(!p.fits("a"));
+        assert_eq!(p.room("a"), None);
+        p.acked("a", &["big".into()]);
+        assert!(p.fits("a"));
+    }
+
+    #[test]
+    fn unacknowledged_shares_leave_the_window_after_a_while() {
+        let now = Instant::now();
+        let mut p = Pacer::new(10_000);
+        p.start("a", "r1".into());
+        send(&mut p, 0, 100, now);
+        send(
+            &mut p,
+            100,
+            WINDOW_SHARES as i64,
+            now + Duration::from_secs(1),
+        );
+        p.expire(now + RELEASE_AFTER);
+        assert_eq!(p.room("a").unwrap().shares, 100);
+        p.expire(now + RELEASE_AFTER + Duration::from_secs(1));
+        assert_eq!(p.room("a").unwrap().shares as usize, WINDOW_SHARES);
+    }
+
+    #[test]
+    fn a_replay_ends_at_the_end_of_the_queue_or_at_its_limit() {
+        let now = Instant::now();
+        let mut p = Pacer::new(300);
+        p.start("a", "r1".into());
+        send(&mut p, 0, 200, now);
+        assert_eq!(p.finish_if_done("a", false), None);
+        p.acked("a", &["s199".into()]);
+        assert_eq!(p.room("a").unwrap().shares, 100, "the limit caps the room");
+        send(&mut p, 200, 300, now);
+        assert_eq!(p.room("a"), None);
+        let done = p.finish_if_done("a", false).unwrap();
+        assert_eq!(done.sent, 300);
+        assert!(done.at_limit);
+        assert_eq!(done.after, position(299));
+        assert!(!p.active());
+
+        p.start("a", "r2".into());
+        send(&mut p, 0, 5, now);
+        let done = p.finish_if_done("a", true).unwrap();
+        assert_eq!(
+            (done.request.as_str(), done.sent, done.at_limit),
+            ("r2", 5, false)
+        );
+    }
+
+    #[test]
+    fn a_new_request_starts_over() {
+        let now = Instant::now();
+        let mut p = Pacer::new(10_000);
+        p.start("a", "r1".into());
+        send(&mut p, 0, WINDOW_SHARES as i64, now);
+        p.start("a", "r2".into());
+        let room = p.room("a").unwrap();
+        assert_eq!(room.after, QueuePosition::START);
+        assert_eq!(room.shares as usize, WINDOW_SHARES);
+        assert_eq!(p.agencies(), vec!["a".to_string()]);
+        assert_eq!(p.abandon("a").as_deref(), Some("r2"));
+        assert!(!p.active());
+    }
+}

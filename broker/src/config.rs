@@ -74,6 +74,8 @@ struct RawGateway {
     connect_timeout_ms: Option<Spanned<u64>>,
     max_connections_per_agency: Option<Spanned<u64>>,
     connection_attempts_per_minute: Option<Spanned<u32>>,
+    max_subscriptions_per_connection: Option<Spanned<u64>>,
+    max_filters_per_agency: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,16 +228,32 @@ impl BrokerConfig {
                 NonZeroU32::MIN
             }),
         };
-        let per_agency = match &raw.gateway.max_connections_per_agency {
-            None => 256,
-            Some(s) if *s.get_ref() == 0 => {
-                err(
-                    s.span().start,
-                    "max_connections_per_agency must be at least 1".into(),
-                );
-                1
-            }
-            Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
+        let mut at_least_one =
+            |value: &Option<Spanned<u64>>, default: usize, name: &str| match value {
+                None => default,
+                Some(s) if *s.get_ref() == 0 => {
+                    err(s.span().start, format!("{name} must be at least 1"));
+                    1
+                }
+                Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
+            };
+        let per_agency = at_least_one(
+            &raw.gateway.max_connections_per_agency,
+            256,
+            "max_connections_per_agency",
+        );
+        let packet_defaults = crate::inspect::Limits::default();
+        let packet_limits = crate::inspect::Limits {
+            subscriptions_per_connection: at_least_one(
+                &raw.gateway.max_subscriptions_per_connection,
+                packet_defaults.subscriptions_per_connection,
+                "max_subscriptions_per_connection",
+            ),
+            filters_per_agency: at_least_one(
+                &raw.gateway.max_filters_per_agency,
+                packet_defaults.filters_per_agency,
+                "max_filters_per_agency",
+            ),
         };
         let key_id = match raw.signing.key_id {
             None => "broker-dev-1".to_string(),
@@ -373,6 +391,7 @@ impl BrokerConfig {
             gateway: GatewaySettings {
                 handshake_timeout,
                 connect_timeout,
+                packet_limits,
                 ..GatewaySettings::default()
             },
             connection_attempts_per_minute: attempts,
@@ -528,6 +547,25 @@ mod tests {
             config.store_url,
             format!("sqlite://{}", dir.path().join("data/s.db").display())
         );
+
+        std::fs::write(
+            &file,
+            "[gateway]\nmax_subscriptions_per_connection = 4\nmax_filters_per_agency = 0\n",
+        )
+        .unwrap();
+        let errors = BrokerConfig::load(&file).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("samverkan.toml:3:")
+                && errors[0]
+                    .to_string()
+                    .contains("max_filters_per_agency must be at least 1"),
+            "{errors:?}"
+        );
+        std::fs::write(&file, "[gateway]\nmax_subscriptions_per_connection = 4\n").unwrap();
+        let config = BrokerConfig::load(&file).unwrap();
+        assert_eq!(config.gateway.packet_limits.subscriptions_per_connection, 4);
+        assert_eq!(config.gateway.packet_limits.filters_per_agency, 32);
 
         std::fs::write(&file, "[gateway]\nlisen = \"x\"\n").unwrap();
         let errors = BrokerConfig::load(&file).unwrap_err();

@@ -47,18 +47,7 @@ pub fn with_client_id(packet: &[u8], level: u8, id: &str) -> Result<Vec<u8>, Str
     body.extend_from_slice(id.as_bytes());
     body.extend_from_slice(&packet[start + len..]);
     let mut out = vec![packet[0]];
-    let mut remaining = body.len();
-    loop {
-        let mut byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if remaining == 0 {
-            break;
-        }
-    }
+    crate::inspect::push_varint(&mut out, body.len());
     out.extend_from_slice(&body);
     Ok(out)
 }

@@ -538,8 +538,9 @@ pub fn refusal(level: u8, during_connect: bool, violation: &Violation) -> Option
     Some(packet)
 }
 
-/// Appends `value` as a variable byte integer in the fewest bytes.
-fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+/// Appends `value` as a variable byte integer in the fewest bytes (the
+/// remaining length of MQTT 3.1.1 section 2.2.3, MQTT 5 section 1.5.5).
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     loop {
         let mut byte = (value % 128) as u8;
         value /= 128;

@@ -53,8 +53,9 @@ async fn make_backlog(broker: &TestBroker, count: usize) -> HashSet<String> {
 /// Follows Linköping's shares with one SDK client and one subscription, as
 /// `samverkan-client follow` does (each share acknowledged once handled),
 /// until all of `expected` have arrived or none comes for a long while;
-/// returns how many arrived.
-async fn follow(broker: &TestBroker, expected: &HashSet<String>) -> usize {
+/// returns how many arrived, and the client (still connected, so that the
+/// last acknowledgements are not cut off by closing it).
+async fn follow(broker: &TestBroker, expected: &HashSet<String>) -> (usize, Client) {
     let linkoping = broker.agency("linkoping").await;
     let mut inbox = linkoping.subscribe("#").await.unwrap();
     let mut received = HashSet::new();
@@ -74,8 +75,8 @@ async fn follow(broker: &TestBroker, expected: &HashSet<String>) -> usize {
             None => break,
         }
     }
-    linkoping.close().await;
-    received.len()
+    drop(inbox);
+    (received.len(), linkoping)
 }
 
 /// Waits (bounded) until Linköping has nothing pending; returns what is left.
@@ -114,7 +115,7 @@ async fn one_follow_session_receives_the_whole_backlog(backend: Backend) {
     assert_eq!(pending.len(), BACKLOG);
     assert!(bytes > 2 * 1024 * 1024, "the backlog is only {bytes} bytes");
 
-    let received = follow(&broker, &expected).await;
+    let (received, linkoping) = follow(&broker, &expected).await;
     eprintln!("one follow session received {received} of {BACKLOG} shares");
     assert_eq!(
         received, BACKLOG,
@@ -126,6 +127,7 @@ async fn one_follow_session_receives_the_whole_backlog(backend: Backend) {
         0,
         "shares still unacknowledged"
     );
+    linkoping.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,12 +147,13 @@ async fn the_sdk_asks_again_while_a_replay_leaves_shares() {
     const LIMITED: usize = 1200;
     let broker = TestBroker::start_in(prepare_dir(), |c| c.router.replay_limit = 500).await;
     let expected = make_backlog(&broker, LIMITED).await;
-    let received = follow(&broker, &expected).await;
+    let (received, linkoping) = follow(&broker, &expected).await;
     assert_eq!(
         received, LIMITED,
         "one session received {received} of {LIMITED} with replays of at most 500"
     );
     assert_eq!(pending_after_acks(&broker).await, 0);
+    linkoping.close().await;
 }
 
 /// A client that knows nothing of replay statuses and never acknowledges

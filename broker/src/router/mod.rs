@@ -962,10 +962,14 @@ impl Router {
         for tenant in self.pacer.agencies() {
             self.refill(&tenant).await;
         }
+        for (tenant, done) in self.pacer.take_finished() {
+            self.finish_replay(&tenant, done).await;
+        }
     }
 
     /// Sends the next shares of `tenant`'s replay that fit in its window,
-    /// and ends the replay at the end of the queue or at its limit.
+    /// and marks the replay as sent in full at the end of the queue or at
+    /// its limit.
     async fn refill(&mut self, tenant: &str) {
         let Some(room) = self.pacer.room(tenant) else {
             return;
@@ -1001,12 +1005,11 @@ impl Router {
                 .send(topics::inbox(tenant, &share.topic), share.payload)
                 .await;
         }
-        if let Some(done) = self.pacer.finish_if_done(tenant, exhausted && all_sent) {
-            self.finish_replay(tenant, done).await;
-        }
+        self.pacer.end_if_done(tenant, exhausted && all_sent);
     }
 
-    /// Says, signed, that `tenant`'s replay has ended and how many shares it left.
+    /// Says, signed, that `tenant`'s replay has ended (sent in full, and
+    /// every share acknowledged or released) and how many shares it left.
     async fn finish_replay(&mut self, tenant: &str, done: replay::Finished) {
         let remaining = if done.at_limit {
             match self.store.replay_remaining(tenant, done.after).await {

@@ -51,6 +51,10 @@ struct Session {
     /// Bytes of the outstanding shares.
     bytes: usize,
     next_seq: u64,
+    /// Everything is sent (`Some(at_limit)`); the replay ends once the
+    /// window is empty, so that its status follows the recipient's
+    /// acknowledgements and a new request does not send those shares again.
+    ended: Option<bool>,
 }
 
 impl Session {
@@ -127,6 +131,7 @@ impl Pacer {
                 order: HashMap::new(),
                 bytes: 0,
                 next_seq: 0,
+                ended: None,
             },
         );
     }
@@ -166,6 +171,9 @@ impl Pacer {
     /// full or there is no replay.
     pub(super) fn room(&self, agency: &str) -> Option<Room> {
         let session = self.sessions.get(agency)?;
+        if session.ended.is_some() {
+            return None;
+        }
         let free = WINDOW_SHARES.saturating_sub(session.outstanding.len());
         let allowed = self.limit.saturating_sub(session.sent);
         let shares = u64::try_from(free).unwrap_or(0).min(allowed);
@@ -213,21 +221,38 @@ impl Pacer {
         session.after = position;
     }
 
-    /// Ends `agency`'s replay if it reached the end of the queue
-    /// (`exhausted`) or its limit.
-    pub(super) fn finish_if_done(&mut self, agency: &str, exhausted: bool) -> Option<Finished> {
-        let session = self.sessions.get(agency)?;
-        let at_limit = session.sent >= self.limit;
-        if !exhausted && !at_limit {
-            return None;
+    /// Marks `agency`'s replay as sent in full if it reached the end of the
+    /// queue (`exhausted`) or its limit.
+    pub(super) fn end_if_done(&mut self, agency: &str, exhausted: bool) {
+        let limit = self.limit;
+        if let Some(session) = self.sessions.get_mut(agency)
+            && session.ended.is_none()
+            && (exhausted || session.sent >= limit)
+        {
+            session.ended = Some(!exhausted);
         }
-        let session = self.sessions.remove(agency)?;
-        Some(Finished {
-            request: session.request,
-            sent: session.sent,
-            after: session.after,
-            at_limit: at_limit && !exhausted,
-        })
+    }
+
+    /// Removes and returns the replays sent in full whose window is empty.
+    pub(super) fn take_finished(&mut self) -> Vec<(String, Finished)> {
+        let done: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ended.is_some() && s.outstanding.is_empty())
+            .map(|(agency, _)| agency.clone())
+            .collect();
+        done.into_iter()
+            .filter_map(|agency| {
+                let session = self.sessions.remove(&agency)?;
+                let finished = Finished {
+                    request: session.request,
+                    sent: session.sent,
+                    after: session.after,
+                    at_limit: session.ended.unwrap_or(false),
+                };
+                Some((agency, finished))
+            })
+            .collect()
     }
 
     /// Drops `agency`'s replay (the store failed).
@@ -320,17 +345,27 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_ends_at_the_end_of_the_queue_or_at_its_limit() {
+    fn a_replay_ends_at_the_end_of_the_queue_or_at_its_limit_once_its_window_is_empty() {
         let now = Instant::now();
         let mut p = Pacer::new(300);
         p.start("a", "r1".into());
         send(&mut p, 0, 200, now);
-        assert_eq!(p.finish_if_done("a", false), None);
+        p.end_if_done("a", false);
         p.acked("a", &["s199".into()]);
+        assert!(p.take_finished().is_empty());
         assert_eq!(p.room("a").unwrap().shares, 100, "the limit caps the room");
         send(&mut p, 200, 300, now);
+        p.end_if_done("a", false);
         assert_eq!(p.room("a"), None);
-        let done = p.finish_if_done("a", false).unwrap();
+        // Sent in full, but not yet acknowledged: not over yet.
+        assert!(p.take_finished().is_empty());
+        p.acked("a", &["s298".into()]);
+        assert!(p.take_finished().is_empty());
+        p.expire(now + RELEASE_AFTER);
+        let done = p.take_finished();
+        assert_eq!(done.len(), 1);
+        let (agency, done) = &done[0];
+        assert_eq!(agency, "a");
         assert_eq!(done.sent, 300);
         assert!(done.at_limit);
         assert_eq!(done.after, position(299));
@@ -338,7 +373,9 @@ mod tests {
 
         p.start("a", "r2".into());
         send(&mut p, 0, 5, now);
-        let done = p.finish_if_done("a", true).unwrap();
+        p.end_if_done("a", true);
+        p.acked("a", &["s4".into()]);
+        let (_, done) = p.take_finished().pop().unwrap();
         assert_eq!(
             (done.request.as_str(), done.sent, done.at_limit),
             ("r2", 5, false)

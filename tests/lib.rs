@@ -174,6 +174,7 @@ impl TestBroker {
         config.store_url = database.url.clone();
         config.gateway.handshake_timeout = Duration::from_secs(2);
         config.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.console_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.crl_check_interval = Duration::from_millis(200);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -510,7 +511,7 @@ impl BrokerProcess {
         let admin_port = free_port();
         let store_url = format!("sqlite://{}", dir.path().join("samverkan.db").display());
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\nurl = \"{store_url}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[tls]\nca = \"certs-dev/ca.pem\"\ncert = \"certs-dev/broker.pem\"\nkey = \"certs-dev/broker.key\"\ncrl = \"certs-dev/crl.pem\"\ncrl_check_interval_ms = 200\n\n[audit]\ncheckpoint_interval_ms = 1000\n"
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\nurl = \"{store_url}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[console]\nlisten = \"off\"\n\n[tls]\nca = \"certs-dev/ca.pem\"\ncert = \"certs-dev/broker.pem\"\nkey = \"certs-dev/broker.key\"\ncrl = \"certs-dev/crl.pem\"\ncrl_check_interval_ms = 200\n\n[audit]\ncheckpoint_interval_ms = 1000\n"
         );
         std::fs::write(dir.path().join("samverkan.toml"), config).unwrap();
         let log = dir.path().join("broker.log");

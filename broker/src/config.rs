@@ -33,6 +33,13 @@ struct RawConfig {
     router: RawRouter,
     audit: RawAudit,
     admin: RawAdmin,
+    console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConsole {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +151,8 @@ pub struct BrokerConfig {
     pub audit: AuditSettings,
     /// The health, metrics and admin HTTP listener (`None`: off).
     pub admin_listen: Option<SocketAddr>,
+    /// The auditor console's HTTPS listener (`None`: off).
+    pub console_listen: Option<SocketAddr>,
     /// How often the CRL file is checked for changes.
     pub crl_check_interval: Duration,
 }
@@ -362,6 +371,20 @@ impl BrokerConfig {
                 SocketAddr::from(([127, 0, 0, 1], 9883))
             })),
         };
+        let console_listen = match &raw.console.listen {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9443))),
+            Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
+            Some(s) => Some(s.get_ref().parse().unwrap_or_else(|_| {
+                err(
+                    s.span().start,
+                    format!(
+                        "listen: `{}` is not an address like 127.0.0.1:9443 (or \"off\")",
+                        s.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9443))
+            })),
+        };
         let crl_check_interval = millis(
             &raw.tls.crl_check_interval_ms,
             5_000,
@@ -406,6 +429,7 @@ impl BrokerConfig {
                 retention_interval,
             },
             admin_listen,
+            console_listen,
             crl_check_interval,
         };
         if errors.is_empty() {
@@ -462,6 +486,7 @@ mod tests {
         let sections: Vec<(&str, Vec<&str>)> = vec![
             ("admin", keys_of::<RawAdmin>()),
             ("audit", keys_of::<RawAudit>()),
+            ("console", keys_of::<RawConsole>()),
             ("gateway", keys_of::<RawGateway>()),
             ("policy", keys_of::<RawPolicy>()),
             ("router", keys_of::<RawRouter>()),

@@ -9,6 +9,7 @@
 //!
 //! * [`server`] — starts and stops everything below; health and reload;
 //! * [`admin`] — the operator's HTTP endpoints;
+//! * [`console`] — the auditor console for legal staff (HTTPS, client certificates);
 //! * [`metrics`] — Prometheus metrics;
 //! * [`config`] — the configuration file;
 //! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod audit;
 pub mod client_ids;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod identity;
 pub mod inspect;

@@ -216,6 +216,28 @@ impl Ca {
         self.issue(params, days)
     }
 
+    /// Issues a role certificate for the auditor console: O = `organization`,
+    /// OU = the role mark ([`crate::identity::AUDITOR_OU`] or
+    /// [`crate::identity::SUPERVISOR_OU`]), TLS client authentication only.
+    pub fn issue_role(
+        &self,
+        organization: &str,
+        unit: &str,
+        common_name: &str,
+        days: i64,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, organization);
+        dn.push(DnType::OrganizationalUnitName, unit);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        self.issue(params, days)
+    }
+
     /// Issues a TLS server certificate for the given DNS names and IP addresses.
     pub fn issue_server(
         &self,
@@ -332,6 +354,22 @@ impl DevPkiLayout {
     pub fn client_key(&self, agency: &str) -> PathBuf {
         self.agency_dir(agency).join("client.key")
     }
+    /// An agency auditor's console certificate (O = agency, OU = auditor mark).
+    pub fn auditor_cert(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("auditor.pem")
+    }
+    /// An agency auditor's console key.
+    pub fn auditor_key(&self, agency: &str) -> PathBuf {
+        self.agency_dir(agency).join("auditor.key")
+    }
+    /// The federation supervisor's console certificate (sees every entry).
+    pub fn supervisor_cert(&self) -> PathBuf {
+        self.dir.join("supervisor").join("supervisor.pem")
+    }
+    /// The federation supervisor's console key.
+    pub fn supervisor_key(&self) -> PathBuf {
+        self.dir.join("supervisor").join("supervisor.key")
+    }
     /// An agency's ed25519 signing key (PKCS#8 PEM).
     pub fn signing_key(&self, agency: &str) -> PathBuf {
         self.agency_dir(agency).join("signing.key")
@@ -393,6 +431,8 @@ development machine.
 | `subject-hash.key` | the secret key of the keyed hashes of persons and companies in the audit log: 64 hex digits after `#` comment lines (`docs/PROTOCOL.md` section 13.8.6) |
 | `crl.pem`, `revoked.txt` | the certificate revocation list and its source (`samverkan pki revoke`) |
 | `<agency>/client.pem`, `<agency>/client.key` | the agency's TLS client certificate (O = agency id) |
+| `<agency>/auditor.pem`, `<agency>/auditor.key` | the agency auditor's certificate for the auditor console (O = agency id, OU = `samverkan-auditor`); refused by MQTT |
+| `supervisor/supervisor.pem`, `supervisor/supervisor.key` | the federation supervisor's console certificate (O = `tillsyn`, OU = `samverkan-supervisor`): sees every entry |
 | `<agency>/signing.key-id` | the key id of the agency's signing key in `keys.toml` (one line) |
 | `<agency>/signing.key`, `<agency>/signing.pub` | the agency's ed25519 signing key; the public half is also in the policy set's `keys.toml` |
 | `keys.toml` | only in a PKI made with `--out` elsewhere and no `--policies`: the agencies' public signing keys, for the policy set that is to use this PKI |
@@ -488,6 +528,7 @@ pub fn generate_dev_with_keys_file(
         },
     )?;
 
+    issue_console_certs(&layout, &ca, &agencies)?;
     let mut registry = KeyRegistry::new();
     for agency in &agencies {
         let dir = layout.agency_dir(agency);
@@ -539,6 +580,59 @@ pub fn generate_dev_with_keys_file(
         agencies,
         keys_file: keys_file.to_path_buf(),
     })
+}
+
+/// The organization (O=) of the development supervisor certificate: the
+/// supervising body, not an agency of the policy.
+pub const DEV_SUPERVISOR_ORG: &str = "tillsyn";
+const DAYS_DEV: i64 = 3650;
+
+/// Issues the console certificates that are missing: one auditor per
+/// agency and the federation supervisor.
+fn issue_console_certs(
+    layout: &DevPkiLayout,
+    ca: &Ca,
+    agencies: &[String],
+) -> Result<usize, PkiError> {
+    let mut issued = 0;
+    for agency in agencies {
+        if layout.auditor_cert(agency).exists() {
+            continue;
+        }
+        let cert = ca.issue_role(
+            agency,
+            crate::identity::AUDITOR_OU,
+            &format!("{agency} auditor (DEVELOPMENT certificate, not for production)"),
+            DAYS_DEV,
+        )?;
+        cert.write(&layout.agency_dir(agency), "auditor")?;
+        issued += 1;
+    }
+    if !layout.supervisor_cert().exists() {
+        let cert = ca.issue_role(
+            DEV_SUPERVISOR_ORG,
+            crate::identity::SUPERVISOR_OU,
+            "federation supervisor (DEVELOPMENT certificate, not for production)",
+            DAYS_DEV,
+        )?;
+        cert.write(&layout.dir.join("supervisor"), "supervisor")?;
+        issued += 1;
+    }
+    Ok(issued)
+}
+
+/// Adds the console certificates missing from an existing development PKI,
+/// signed by its CA; every other key and certificate stays as it is.
+/// Returns how many were issued.
+pub fn add_console_certs(dir: &Path, agencies: &[String]) -> Result<usize, PkiError> {
+    let layout = DevPkiLayout::new(dir);
+    let missing = agencies.iter().any(|a| !layout.auditor_cert(a).exists())
+        || !layout.supervisor_cert().exists();
+    if !missing {
+        return Ok(0);
+    }
+    let ca = Ca::load(&layout.ca_cert(), &layout.ca_key(), DEV_CA_NAME)?;
+    issue_console_certs(&layout, &ca, agencies)
 }
 
 /// Revokes a certificate of the development PKI: adds its serial to

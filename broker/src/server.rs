@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::audit::subject::{SubjectError, SubjectHasher};
 use crate::config::BrokerConfig;
+use crate::console::{ConsoleState, ConsoleTls};
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, TlsFiles, server_config};
 use crate::limits::ConnectionLimits;
 use crate::metrics::{AgencyLabel, Metrics};
@@ -130,6 +131,7 @@ pub struct Control {
     health: watch::Receiver<DatabaseHealth>,
     started: Instant,
     reloading: tokio::sync::Mutex<()>,
+    console_tls: Option<Arc<ConsoleTls>>,
 }
 
 impl Control {
@@ -229,6 +231,11 @@ impl Control {
         let tls = server_config(&self.config.tls).map_err(|e| e.to_string())?;
         let revoked = crl_serials(&self.config.tls).map_err(|e| e.to_string())?;
         self.gateway.set_tls(tls);
+        if let Some(console) = &self.console_tls {
+            console
+                .reload(&self.config.tls)
+                .map_err(|e| e.to_string())?;
+        }
         let closed = self.gateway.close_where(|id| revoked.contains(&id.serial));
         if closed > 0 {
             warn!(
@@ -269,6 +276,7 @@ pub fn crl_serials(tls: &TlsFiles) -> Result<HashSet<Vec<u8>>, GatewayError> {
 pub struct Broker {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     router: JoinHandle<Result<(), RouterError>>,
     tasks: Vec<JoinHandle<()>>,
@@ -316,6 +324,7 @@ impl Broker {
         let tls = server_config(&config.tls)?;
         let revoked = crl_serials(&config.tls)?;
         let subjects = SubjectHasher::load(&config.audit.subject_key)?;
+        let broker_keys = broker_key_registry(&config, &signer);
         let (embedded, link) = Embedded::start(&config.mqtt, &ROUTER_FILTERS).await?;
         let embedded = Arc::new(embedded);
         info!(v4 = %embedded.v4, v5 = %embedded.v5, "embedded MQTT broker listening on loopback");
@@ -330,7 +339,7 @@ impl Broker {
                 store: store.clone(),
                 signer,
                 clock,
-                subjects,
+                subjects: subjects.clone(),
                 commands: commands_rx,
                 metrics: metrics.clone(),
             },
@@ -359,6 +368,10 @@ impl Broker {
                 "certificate revocation list loaded"
             );
         }
+        let console_tls = match config.console_listen {
+            Some(_) => Some(Arc::new(ConsoleTls::new(&config.tls)?)),
+            None => None,
+        };
         let (health_tx, health_rx) = watch::channel(DatabaseHealth::default());
         let control = Arc::new(Control {
             config: config.clone(),
@@ -369,6 +382,7 @@ impl Broker {
             health: health_rx,
             started,
             reloading: tokio::sync::Mutex::new(()),
+            console_tls: console_tls.clone(),
         });
 
         let mut tasks = vec![
@@ -405,12 +419,35 @@ impl Broker {
             }
             None => None,
         };
+        let console_addr = match (config.console_listen, console_tls) {
+            (Some(addr), Some(tls)) => {
+                let console = TcpListener::bind(addr).await?;
+                let mut csrf_key = [0u8; 32];
+                getrandom::fill(&mut csrf_key)
+                    .map_err(|e| std::io::Error::other(format!("random source: {e}")))?;
+                let state = Arc::new(ConsoleState {
+                    store: store.clone(),
+                    policy: policy.clone(),
+                    commands: commands.clone(),
+                    subjects,
+                    broker_keys,
+                    origin: config.audit.origin.clone(),
+                    csrf_key,
+                });
+                let (bound, task) =
+                    crate::console::spawn(console, state, tls, shutdown_rx.clone())?;
+                tasks.push(task);
+                Some(bound)
+            }
+            _ => None,
+        };
         let local_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(gateway.clone().serve(listener, shutdown_rx)));
         info!(listen = %local_addr, "accepting MQTT over mutual TLS (3.1.1 and 5)");
         Ok(Broker {
             local_addr,
             admin_addr,
+            console_addr,
             shutdown,
             router,
             tasks,
@@ -428,6 +465,11 @@ impl Broker {
     /// The address of the health, metrics and admin endpoints, if enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The address of the auditor console, if enabled.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// The store (for tests and tools).
@@ -505,6 +547,44 @@ impl Broker {
             Err(e) => Err(RouterError::Link(e.to_string())),
         }
     }
+}
+
+/// The broker's public keys for the console's in-browser check: the
+/// `broker-keys.toml` beside the signing key (the registry agencies hold),
+/// or else the signing key alone.
+fn broker_key_registry(config: &BrokerConfig, signer: &BrokerSigner) -> keys::KeyRegistry {
+    let beside = config
+        .signing_key
+        .parent()
+        .map(|d| d.join("broker-keys.toml"));
+    if let Some(path) = beside.filter(|p| p.exists()) {
+        match keys::KeyRegistry::load(&path) {
+            Ok(registry)
+                if registry
+                    .keys_of(samverkan_sdk::messages::BROKER_KEY_OWNER)
+                    .any(|k| k.public_key == signer.verifying_key()) =>
+            {
+                return registry;
+            }
+            Ok(_) => {
+                warn!(file = %path.display(), "broker-keys.toml does not hold the signing key; the console uses the signing key alone")
+            }
+            Err(errors) => {
+                warn!(file = %path.display(), errors = errors.len(), "broker-keys.toml does not load; the console uses the signing key alone")
+            }
+        }
+    }
+    let mut registry = keys::KeyRegistry::new();
+    registry.insert(keys::AgencyKey {
+        owner: samverkan_sdk::messages::BROKER_KEY_OWNER.into(),
+        key_id: signer.key_id().to_string(),
+        public_key: signer.verifying_key(),
+        not_before_ms: None,
+        not_after_ms: None,
+        revoked_at_ms: None,
+        revocation_reason: None,
+    });
+    registry
 }
 
 /// Asks the router for checkpoints and retention purges at their intervals.

@@ -121,7 +121,7 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
             let admin = free_port();
             admin_port = Some(admin);
             let config = format!(
-                "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[router]\nbatch_max = 2048\n",
+                "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[console]\nlisten = \"off\"\n\n[router]\nbatch_max = 2048\n",
                 db.url
             );
             database = Some(db);

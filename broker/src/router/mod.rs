@@ -115,6 +115,14 @@ pub enum RouterCommand {
         /// Answered with how many alerts and deliveries were purged.
         done: Option<oneshot::Sender<Result<(u64, u64), String>>>,
     },
+    /// An auditor used the console: record it as an `auditor_access` entry
+    /// before the console answers.
+    RecordAccess {
+        /// What was done, by whom.
+        access: AccessRecord,
+        /// Answered with the entry's index once committed.
+        done: oneshot::Sender<Result<u64, String>>,
+    },
     /// A new policy is in force: record it, and the keys it revokes.
     PolicyChanged {
         /// The policy that was in force before.
@@ -122,6 +130,22 @@ pub enum RouterCommand {
         /// Answered once recorded.
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
+}
+
+/// One use of the auditor console, to be recorded (PROTOCOL.md 13.8.2,
+/// `auditor_access`). Holds no personal data: a subject only as its hash.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    /// The auditor's organization (O=): an agency, or the supervisor's body.
+    pub organization: String,
+    /// What was done: `search`, `entry`, `case`, `evidence`, `subject`, `export`, `consistency`.
+    pub action: String,
+    /// Who (certificate common name and serial) and what was asked.
+    pub reason: String,
+    /// The alert looked at (case pages).
+    pub alert_id: Option<String>,
+    /// The subject hash looked up (subject searches).
+    pub subject_hash: Option<String>,
 }
 
 /// A message taken from rumqttd.
@@ -435,6 +459,13 @@ impl Router {
                     let _ = done.send(result);
                 }
             }
+            RouterCommand::RecordAccess { access, done } => {
+                let result = self.record_access(access).await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    error!(error = %e, "a console access could not be recorded; it is refused");
+                }
+                let _ = done.send(result);
+            }
             RouterCommand::Purge { done } => {
                 let result = self.purge().await.map_err(|e| e.to_string());
                 if let Err(e) = &result {
@@ -509,6 +540,29 @@ impl Router {
         }
         self.refresh_limits(&policy);
         Ok(())
+    }
+
+    /// Appends one `auditor_access` entry (and its subject row) and commits it.
+    async fn record_access(&mut self, access: AccessRecord) -> Result<u64, StoreError> {
+        self.sync().await?;
+        let policy = self.policy.current();
+        let mut next = self.next_index;
+        let mut entry = AuditEntry::new(EntryKind::AuditorAccess, self.clock.now_ms());
+        let index = take_index(&mut next);
+        entry.index = index;
+        entry.recipient = Some(access.organization);
+        entry.alert_id = access.alert_id;
+        entry.policy_version = Some(policy.version().to_string());
+        entry.reason_code = Some(access.action);
+        entry.reason = Some(access.reason);
+        let mut commit = Commit::default();
+        if let Some(hash) = access.subject_hash {
+            commit.subjects.push((hash.clone(), index));
+            entry.subject_hashes = vec![hash];
+        }
+        commit.audit.push(entry);
+        self.finish(commit, next).await?;
+        Ok(index)
     }
 
     /// Signs, stores and publishes a checkpoint of the log as it is now,

@@ -21,6 +21,8 @@ use thiserror::Error;
 use crate::audit::{AuditEntry, EntryKind};
 use samverkan_sdk::audit::evidence::PolicyFile;
 
+pub mod console;
+
 /// Why the store failed. Every variant means "not recorded": the caller
 /// must not acknowledge anything that depended on it.
 #[derive(Debug, Error)]

@@ -37,9 +37,24 @@ pub enum EntryKind {
     KeyRevoked,
     /// Stored content was purged after its retention period.
     RetentionPurge,
+    /// An auditor searched, viewed, looked up a subject or exported on the
+    /// console: who looked at what is itself in the log.
+    AuditorAccess,
 }
 
 impl EntryKind {
+    /// Every kind, in the order of PROTOCOL.md section 13.8.2.
+    pub const ALL: [EntryKind; 8] = [
+        EntryKind::Share,
+        EntryKind::Denial,
+        EntryKind::Rejection,
+        EntryKind::Ack,
+        EntryKind::PolicyLoaded,
+        EntryKind::KeyRevoked,
+        EntryKind::RetentionPurge,
+        EntryKind::AuditorAccess,
+    ];
+
     /// The stable name stored in the log.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -50,6 +65,7 @@ impl EntryKind {
             EntryKind::PolicyLoaded => "policy_loaded",
             EntryKind::KeyRevoked => "key_revoked",
             EntryKind::RetentionPurge => "retention_purge",
+            EntryKind::AuditorAccess => "auditor_access",
         }
     }
 
@@ -63,6 +79,7 @@ impl EntryKind {
             "policy_loaded" => EntryKind::PolicyLoaded,
             "key_revoked" => EntryKind::KeyRevoked,
             "retention_purge" => EntryKind::RetentionPurge,
+            "auditor_access" => EntryKind::AuditorAccess,
             _ => return None,
         })
     }

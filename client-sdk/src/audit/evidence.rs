@@ -109,7 +109,7 @@ fn is_lower_hex_hash(s: &str) -> bool {
 }
 
 /// The `[[<table>]]` block of a TOML file that contains `id = "<id>"`, as written.
-fn block_with_id(text: &str, table: &str, id: &str) -> Option<String> {
+pub fn block_with_id(text: &str, table: &str, id: &str) -> Option<String> {
     let header = format!("[[{table}]]");
     let needle = format!("id = \"{id}\"");
     let mut blocks: Vec<String> = Vec::new();

@@ -57,6 +57,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         ),
         None => println!("  admin        off (reload with SIGHUP)"),
     }
+    match config.console_listen {
+        Some(addr) => println!(
+            "  console      https://{}/ (auditors: client certificate with OU=samverkan-auditor or OU=samverkan-supervisor)",
+            console_host(addr)
+        ),
+        None => println!("  console      off"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +102,16 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     })
 }
 
+/// The console's address as a browser should open it: `localhost` for
+/// loopback (the development server certificate names it).
+fn console_host(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_loopback() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
 /// The development defaults in the working directory, generating the
 /// development PKI first if it is missing.
 fn development_config() -> Result<BrokerConfig> {
@@ -108,6 +125,14 @@ fn development_config() -> Result<BrokerConfig> {
             "No complete development PKI in {DEV_PKI_DIR}/: generating one (DEVELOPMENT ONLY)"
         );
         pki::generate_dev(Path::new(DEV_PKI_DIR), &config.policy_dir)?;
+    } else {
+        // A PKI made before the console existed gets its auditor certificates.
+        let issued = pki::add_console_certs(Path::new(DEV_PKI_DIR), &agencies)?;
+        if issued > 0 {
+            println!(
+                "Issued {issued} auditor console certificate(s) in {DEV_PKI_DIR}/ (DEVELOPMENT ONLY)"
+            );
+        }
     }
     Ok(config)
 }

@@ -1,0 +1,337 @@
+//! The auditor console's reads: filtered, scoped, keyset-paginated searches
+//! of the audit log and the aggregates of its overview.
+//!
+//! Every query takes a [`Scope`]: an agency's auditor sees only entries in
+//! which the agency is publisher or recipient, and the scope is part of the
+//! SQL, so no parameter (an entry index, a permalink, an alert id) can reach
+//! an entry outside it.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{AUDIT_COLUMNS, BindValue, Store, StoreError, decode_audit, to_i64};
+use crate::audit::AuditEntry;
+
+/// Which entries a viewer may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every entry (the federation's supervisor).
+    All,
+    /// Entries whose publisher or recipient is this agency.
+    Agency(String),
+}
+
+/// Filters of a console search; every set filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleFilter {
+    /// The publishing agency.
+    pub publisher: Option<String>,
+    /// The receiving (or denied, or acknowledging) agency.
+    pub recipient: Option<String>,
+    /// The entry kind, as stored.
+    pub kind: Option<String>,
+    /// The legal basis.
+    pub legal_basis: Option<String>,
+    /// The rule.
+    pub rule_id: Option<String>,
+    /// The alert type.
+    pub alert_type: Option<String>,
+    /// The logical topic.
+    pub topic: Option<String>,
+    /// The alert id.
+    pub alert_id: Option<String>,
+    /// Entries at or after this time (ms).
+    pub from_ms: Option<i64>,
+    /// Entries before this time (ms).
+    pub to_ms: Option<i64>,
+    /// Exactly this entry index.
+    pub index: Option<u64>,
+}
+
+/// Which page of a search, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest entries.
+    Newest,
+    /// Entries with a smaller index (older), newest first.
+    Before(u64),
+    /// Entries with a larger index (newer), newest first.
+    After(u64),
+}
+
+/// One cell of the overview: entries of one kind between two agencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowCount {
+    /// `share` or `denial`.
+    pub kind: String,
+    /// The publishing agency.
+    pub publisher: String,
+    /// The recipient (`None`: a denial of every recipient).
+    pub recipient: Option<String>,
+    /// The legal basis (shares).
+    pub legal_basis: Option<String>,
+    /// How many.
+    pub count: i64,
+}
+
+/// Builds `WHERE` clauses with `$n` placeholders.
+#[derive(Default)]
+struct Conditions {
+    clauses: Vec<String>,
+    binds: Vec<BindValue>,
+}
+
+impl Conditions {
+    fn text(&mut self, clause: impl Fn(usize) -> String, value: &str) {
+        self.binds.push(BindValue::Text(value.to_string()));
+        self.clauses.push(clause(self.binds.len()));
+    }
+    fn int(&mut self, clause: impl Fn(usize) -> String, value: i64) {
+        self.binds.push(BindValue::Int(value));
+        self.clauses.push(clause(self.binds.len()));
+    }
+    fn scope(&mut self, scope: &Scope) {
+        if let Scope::Agency(agency) = scope {
+            // Written as a UNION-friendly OR of two indexed columns.
+            self.text(
+                |n| format!("(publisher = ${n} OR recipient = ${n})"),
+                agency,
+            );
+        }
+    }
+    fn filter(&mut self, f: &ConsoleFilter) {
+        let text_filters = [
+            ("publisher", &f.publisher),
+            ("recipient", &f.recipient),
+            ("kind", &f.kind),
+            ("legal_basis", &f.legal_basis),
+            ("rule_id", &f.rule_id),
+            ("alert_type", &f.alert_type),
+            ("topic", &f.topic),
+            ("alert_id", &f.alert_id),
+        ];
+        for (column, value) in text_filters {
+            if let Some(v) = value {
+                self.text(|n| format!("{column} = ${n}"), v);
+            }
+        }
+        if let Some(v) = f.from_ms {
+            self.int(|n| format!("at_ms >= ${n}"), v);
+        }
+        if let Some(v) = f.to_ms {
+            self.int(|n| format!("at_ms < ${n}"), v);
+        }
+        if let Some(v) = f.index {
+            self.int(|n| format!("idx = ${n}"), to_i64(v));
+        }
+    }
+    fn where_sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+    fn query<'q>(self, sql: String) -> super::AnyQuery<'q> {
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in self.binds {
+            q = match b {
+                BindValue::Text(t) => q.bind(t),
+                BindValue::Int(i) => q.bind(i),
+            };
+        }
+        q
+    }
+}
+
+impl Store {
+    /// One page of entries matching `filter` within `scope`, newest first
+    /// (by index, so the order is stable however the log grows).
+    pub async fn console_search(
+        &self,
+        scope: &Scope,
+        filter: &ConsoleFilter,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut c = Conditions::default();
+        c.scope(scope);
+        c.filter(filter);
+        let order = match cursor {
+            Cursor::Newest => "DESC",
+            Cursor::Before(i) => {
+                c.int(|n| format!("idx < ${n}"), to_i64(i));
+                "DESC"
+            }
+            Cursor::After(i) => {
+                c.int(|n| format!("idx > ${n}"), to_i64(i));
+                "ASC"
+            }
+        };
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx {order} LIMIT {limit}",
+            c.where_sql()
+        );
+        let rows = c.query(sql).fetch_all(&self.pool).await?;
+        let mut entries = rows
+            .iter()
+            .map(decode_audit)
+            .collect::<Result<Vec<_>, _>>()?;
+        if order == "ASC" {
+            entries.reverse();
+        }
+        Ok(entries)
+    }
+
+    /// Entry `index`, if it exists within `scope` (an entry outside the
+    /// scope is indistinguishable from a missing one).
+    pub async fn console_entry(
+        &self,
+        scope: &Scope,
+        index: u64,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        let filter = ConsoleFilter {
+            index: Some(index),
+            ..ConsoleFilter::default()
+        };
+        Ok(self
+            .console_search(scope, &filter, Cursor::Newest, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Entries of one alert within `scope`, oldest first.
+    pub async fn console_alert(
+        &self,
+        scope: &Scope,
+        alert_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut c = Conditions::default();
+        c.scope(scope);
+        c.text(|n| format!("alert_id = ${n}"), alert_id);
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx LIMIT 1000",
+            c.where_sql()
+        );
+        let rows = c.query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_audit).collect()
+    }
+
+    /// Entries about one subject (keyed hash) within `scope`, newest first,
+    /// at most `limit`.
+    pub async fn console_subject(
+        &self,
+        scope: &Scope,
+        subject_hash: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut c = Conditions::default();
+        c.scope(scope);
+        c.text(
+            |n| format!("idx IN (SELECT idx FROM audit_subjects WHERE subject_hash = ${n})"),
+            subject_hash,
+        );
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx DESC LIMIT {limit}",
+            c.where_sql()
+        );
+        let rows = c.query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(decode_audit).collect()
+    }
+
+    /// When each of the given shares was stored for delivery and when it
+    /// was acknowledged: `(share_id, created_at_ms, acked_at_ms)`.
+    pub async fn console_deliveries(
+        &self,
+        share_ids: &[String],
+    ) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
+        let mut out = Vec::new();
+        for id in share_ids.iter().take(1000) {
+            let row = sqlx::query(
+                "SELECT share_id, created_at_ms, acked_at_ms FROM deliveries WHERE share_id = $1",
+            )
+            .bind(id.clone())
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                out.push((
+                    row.try_get("share_id")?,
+                    row.try_get("created_at_ms")?,
+                    row.try_get("acked_at_ms")?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Shares (per legal basis) and denials between each pair of agencies
+    /// in `[from_ms, to_ms)`, within `scope`.
+    pub async fn console_flows(
+        &self,
+        scope: &Scope,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<FlowCount>, StoreError> {
+        let mut c = Conditions::default();
+        c.int(|n| format!("at_ms >= ${n}"), from_ms);
+        c.int(|n| format!("at_ms < ${n}"), to_ms);
+        c.clauses.push("kind IN ('share', 'denial')".into());
+        c.scope(scope);
+        let sql = format!(
+            "SELECT kind, publisher, recipient, legal_basis, COUNT(*) AS n FROM audit_entries{} \
+             GROUP BY kind, publisher, recipient, legal_basis \
+             ORDER BY kind, publisher, recipient, legal_basis",
+            c.where_sql()
+        );
+        let rows = c.query(sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FlowCount {
+                    kind: row.try_get("kind")?,
+                    publisher: row
+                        .try_get::<Option<String>, _>("publisher")?
+                        .unwrap_or_default(),
+                    recipient: row.try_get("recipient")?,
+                    legal_basis: row.try_get("legal_basis")?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Entries per kind per bucket of `bucket_ms` (shifted by `offset_ms`,
+    /// e.g. the local zone) in `[from_ms, to_ms)`, within `scope`:
+    /// `(bucket start ms, kind, count)`.
+    pub async fn console_kind_counts(
+        &self,
+        scope: &Scope,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+        offset_ms: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let mut c = Conditions::default();
+        c.int(|n| format!("at_ms >= ${n}"), from_ms);
+        c.int(|n| format!("at_ms < ${n}"), to_ms);
+        c.scope(scope);
+        // Constants are written into the SQL (integers only): PostgreSQL
+        // cannot infer a parameter's type inside the arithmetic.
+        let sql = format!(
+            "SELECT (at_ms + {offset_ms}) / {bucket_ms} AS bucket, kind, COUNT(*) AS n FROM audit_entries{} \
+             GROUP BY bucket, kind ORDER BY bucket, kind",
+            c.where_sql()
+        );
+        let rows = c.query(sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let bucket: i64 = row.try_get("bucket")?;
+                Ok((
+                    bucket * bucket_ms - offset_ms,
+                    row.try_get("kind")?,
+                    row.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -667,3 +667,135 @@ pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, 
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_string())
 }
+
+/// An answer of the auditor console.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, names in lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Who connects to the console: a certificate and key (PEM files), or none.
+pub type ConsoleIdentity<'a> = Option<(&'a Path, &'a Path)>;
+
+impl TestBroker {
+    /// Sends one HTTP/1.1 request to the auditor console over TLS, with the
+    /// given client certificate (or none), and reads the whole answer.
+    pub async fn console_request(
+        &self,
+        identity: ConsoleIdentity<'_>,
+        method: &str,
+        path: &str,
+        extra_headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpAnswer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = self.pki();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&std::fs::read(pki.ca_cert()).unwrap()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&std::fs::read(cert).unwrap())
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                let key = PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let addr = self.broker().console_addr().expect("console enabled");
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            addr.port(),
+            body.len()
+        );
+        for (n, v) in extra_headers {
+            request.push_str(&format!("{n}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
+            .collect();
+        let chunked = headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+        let body = if chunked {
+            let mut out = String::new();
+            let mut rest = rest;
+            for _ in 0..100_000 {
+                let Some((size, tail)) = rest.split_once("\r\n") else { break };
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if size == 0 || tail.len() < size {
+                    break;
+                }
+                out.push_str(&tail[..size]);
+                rest = tail[size..].trim_start_matches("\r\n");
+            }
+            out
+        } else {
+            rest.to_string()
+        };
+        HttpAnswer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET path` on the console as `identity`.
+    pub async fn console_get(&self, identity: ConsoleIdentity<'_>, path: &str) -> HttpAnswer {
+        self.console_request(identity, "GET", path, &[], "").await
+    }
+
+    /// An agency auditor's certificate and key.
+    pub fn auditor(&self, agency: &str) -> (PathBuf, PathBuf) {
+        let pki = self.pki();
+        (pki.auditor_cert(agency), pki.auditor_key(agency))
+    }
+
+    /// The supervisor's certificate and key.
+    pub fn supervisor(&self) -> (PathBuf, PathBuf) {
+        let pki = self.pki();
+        (pki.supervisor_cert(), pki.supervisor_key())
+    }
+}

@@ -3,6 +3,7 @@
 
 mod audit;
 mod connections;
+mod console;
 mod crash;
 mod fixtures;
 mod flows;

@@ -763,7 +763,9 @@ impl TestBroker {
             let mut out = String::new();
             let mut rest = rest;
             for _ in 0..100_000 {
-                let Some((size, tail)) = rest.split_once("\r\n") else { break };
+                let Some((size, tail)) = rest.split_once("\r\n") else {
+                    break;
+                };
                 let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
                 if size == 0 || tail.len() < size {
                     break;

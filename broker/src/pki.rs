@@ -433,6 +433,7 @@ development machine.
 | `<agency>/client.pem`, `<agency>/client.key` | the agency's TLS client certificate (O = agency id) |
 | `<agency>/auditor.pem`, `<agency>/auditor.key` | the agency auditor's certificate for the auditor console (O = agency id, OU = `samverkan-auditor`); refused by MQTT |
 | `supervisor/supervisor.pem`, `supervisor/supervisor.key` | the federation supervisor's console certificate (O = `tillsyn`, OU = `samverkan-supervisor`): sees every entry |
+| `<agency>/auditor.p12`, `supervisor/supervisor.p12` | the same certificates and keys with the CA, for importing into a browser (password `samverkan`); made with `openssl pkcs12 -export -in auditor.pem -inkey auditor.key -certfile ../ca.pem -out auditor.p12 -passout pass:samverkan` |
 | `<agency>/signing.key-id` | the key id of the agency's signing key in `keys.toml` (one line) |
 | `<agency>/signing.key`, `<agency>/signing.pub` | the agency's ed25519 signing key; the public half is also in the policy set's `keys.toml` |
 | `keys.toml` | only in a PKI made with `--out` elsewhere and no `--policies`: the agencies' public signing keys, for the policy set that is to use this PKI |
@@ -528,7 +529,7 @@ pub fn generate_dev_with_keys_file(
         },
     )?;
 
-    issue_console_certs(&layout, &ca, &agencies)?;
+    issue_console_certs(&layout, &ca, &agencies, true)?;
     let mut registry = KeyRegistry::new();
     for agency in &agencies {
         let dir = layout.agency_dir(agency);
@@ -608,7 +609,7 @@ fn issue_console_certs(
         cert.write(&layout.agency_dir(agency), "auditor")?;
         issued += 1;
     }
-    if !layout.supervisor_cert().exists() {
+    if replace || !layout.supervisor_cert().exists() {
         let cert = ca.issue_role(
             DEV_SUPERVISOR_ORG,
             crate::identity::SUPERVISOR_OU,
@@ -632,7 +633,7 @@ pub fn add_console_certs(dir: &Path, agencies: &[String]) -> Result<usize, PkiEr
         return Ok(0);
     }
     let ca = Ca::load(&layout.ca_cert(), &layout.ca_key(), DEV_CA_NAME)?;
-    issue_console_certs(&layout, &ca, agencies)
+    issue_console_certs(&layout, &ca, agencies, false)
 }
 
 /// Revokes a certificate of the development PKI: adds its serial to

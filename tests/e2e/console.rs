@@ -18,7 +18,10 @@ use crate::fixtures::{TEST_ORGNR, inspection_result};
 async fn walk_through(broker: &TestBroker) -> (String, u64, u64, u64) {
     let polisen = broker.agency("polisen").await;
     let alert = inspection_result().addressed_to(["akrimost", "skatteverket", "linkoping"]);
-    let receipt = polisen.publish("akrim/ost/inspection", alert).await.unwrap();
+    let receipt = polisen
+        .publish("akrim/ost/inspection", alert)
+        .await
+        .unwrap();
     assert_eq!(receipt.status, ReceiptStatus::Accepted);
     let share = |r: &str| {
         receipt
@@ -70,7 +73,11 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
         )
         .await;
     assert_eq!(mqtt.status, 403);
-    assert!(mqtt.body.contains("MQTT client certificate"), "{}", mqtt.body);
+    assert!(
+        mqtt.body.contains("MQTT client certificate"),
+        "{}",
+        mqtt.body
+    );
 
     // Skatteverket's auditor sees its own share, and nothing of the pairs
     // Polisen–akrimost or Polisen–linkoping, whichever way it asks.
@@ -80,10 +87,16 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
         .await;
     assert_eq!(list.status, 200, "{}", list.body);
     assert!(list.body.contains(&format!("href=\"/entry/{skv_share}\"")));
-    assert!(!list.body.contains(&format!("href=\"/entry/{akrim_share}\"")));
+    assert!(
+        !list
+            .body
+            .contains(&format!("href=\"/entry/{akrim_share}\""))
+    );
     assert!(!list.body.contains(&format!("href=\"/entry/{lkp_denial}\"")));
     for other in [akrim_share, lkp_denial] {
-        let page = broker.console_get(id(&skv), &format!("/entry/{other}")).await;
+        let page = broker
+            .console_get(id(&skv), &format!("/entry/{other}"))
+            .await;
         assert_eq!(page.status, 404, "entry {other}: {}", page.body);
         let bundle = broker
             .console_get(id(&skv), &format!("/entry/{other}/evidence.json"))
@@ -94,14 +107,23 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
         .console_get(id(&skv), &format!("/search?index={akrim_share}"))
         .await;
     assert_eq!(permalink.status, 200);
-    assert!(!permalink.body.contains(&format!("href=\"/entry/{akrim_share}\"")));
-    let case = broker.console_get(id(&skv), &format!("/case/{alert_id}")).await;
+    assert!(
+        !permalink
+            .body
+            .contains(&format!("href=\"/entry/{akrim_share}\""))
+    );
+    let case = broker
+        .console_get(id(&skv), &format!("/case/{alert_id}"))
+        .await;
     assert_eq!(case.status, 200, "{}", case.body);
     assert!(case.body.contains("class=\"recipient\">skatteverket"));
     assert!(!case.body.contains("class=\"recipient\">akrimost"));
     assert!(case.body.contains("uppgiftsskyldighet-akrim"));
     let export = broker
-        .console_get(id(&skv), &format!("/export.jsonl?alert_id={alert_id}&kind=share"))
+        .console_get(
+            id(&skv),
+            &format!("/export.jsonl?alert_id={alert_id}&kind=share"),
+        )
         .await;
     assert_eq!(export.status, 200);
     let exported: Vec<serde_json::Value> = export
@@ -114,12 +136,16 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
 
     // Kronofogden's auditor sees nothing of this alert at all.
     let kfm = broker.auditor("kronofogden");
-    let case = broker.console_get(id(&kfm), &format!("/case/{alert_id}")).await;
+    let case = broker
+        .console_get(id(&kfm), &format!("/case/{alert_id}"))
+        .await;
     assert_eq!(case.status, 404);
 
     // Polisen (publisher) and the supervisor see the two shares and the denial.
     for who in [broker.auditor("polisen"), broker.supervisor()] {
-        let case = broker.console_get(id(&who), &format!("/case/{alert_id}")).await;
+        let case = broker
+            .console_get(id(&who), &format!("/case/{alert_id}"))
+            .await;
         assert_eq!(case.status, 200, "{}", case.body);
         for entry in [skv_share, akrim_share, lkp_denial] {
             assert!(case.body.contains(&format!("href=\"/entry/{entry}\"")));
@@ -131,7 +157,11 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
             .console_get(id(&who), &format!("/entry/{akrim_share}/evidence.json"))
             .await;
         assert_eq!(bundle.status, 200);
-        assert!(bundle.body.starts_with("{\n  \"format\": \"samverkan-evidence/v1\""));
+        assert!(
+            bundle
+                .body
+                .starts_with("{\n  \"format\": \"samverkan-evidence/v1\"")
+        );
     }
 
     // Every view above is an auditor_access entry naming who and what.
@@ -144,16 +174,36 @@ async fn console_access_is_by_auditor_certificate_and_scoped_to_the_agency() {
         .into_iter()
         .filter(|e| e.kind == EntryKind::AuditorAccess)
         .collect();
-    assert!(accesses.iter().any(|e| e.recipient.as_deref() == Some("skatteverket")
-        && e.reason_code.as_deref() == Some("search")));
-    assert!(accesses.iter().any(|e| e.recipient.as_deref() == Some("tillsyn")
-        && e.reason_code.as_deref() == Some("case")
-        && e.alert_id.as_deref() == Some(alert_id.as_str())));
-    assert!(accesses.iter().any(|e| e.reason_code.as_deref() == Some("evidence")));
-    assert!(accesses.iter().any(|e| e.reason_code.as_deref() == Some("export")));
+    assert!(
+        accesses
+            .iter()
+            .any(|e| e.recipient.as_deref() == Some("skatteverket")
+                && e.reason_code.as_deref() == Some("search"))
+    );
+    assert!(
+        accesses
+            .iter()
+            .any(|e| e.recipient.as_deref() == Some("tillsyn")
+                && e.reason_code.as_deref() == Some("case")
+                && e.alert_id.as_deref() == Some(alert_id.as_str()))
+    );
+    assert!(
+        accesses
+            .iter()
+            .any(|e| e.reason_code.as_deref() == Some("evidence"))
+    );
+    assert!(
+        accesses
+            .iter()
+            .any(|e| e.reason_code.as_deref() == Some("export"))
+    );
     // The log with its new kind still verifies.
     let out = broker.samverkan(&["audit", "verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -230,18 +280,29 @@ async fn subject_search_needs_csrf_and_leaves_no_trace_of_the_identifier() {
     // A wrong check digit is named as such.
     let bad = post(format!("csrf={token}&identifier=5566778898"), vec![]).await;
     assert_eq!(bad.status, 422, "{}", bad.body);
-    assert!(bad.body.to_lowercase().contains("check digit"), "{}", bad.body);
+    assert!(
+        bad.body.to_lowercase().contains("check digit"),
+        "{}",
+        bad.body
+    );
     // With the token: every share about the company.
     let found = post(format!("csrf={token}&identifier={digits}"), vec![]).await;
     assert_eq!(found.status, 200, "{}", found.body);
     assert!(found.body.contains(&format!("href=\"/entry/{skv_share}\"")));
-    assert!(found.body.contains("id=\"subject-summary\">2 "), "{}", found.body);
+    assert!(
+        found.body.contains("id=\"subject-summary\">2 "),
+        "{}",
+        found.body
+    );
     assert!(!found.body.contains(&digits) && !found.body.contains(TEST_ORGNR));
 
     // The identifier is in no log line and no column of the log; the
     // lookup is an entry carrying only the keyed hash.
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
-    assert!(logs.contains("console request"), "the request log is captured");
+    assert!(
+        logs.contains("console request"),
+        "the request log is captured"
+    );
     assert!(!logs.contains(&digits) && !logs.contains(TEST_ORGNR));
     let store = broker.broker().store();
     let (_, size) = store.audit_extent().await.unwrap();
@@ -275,7 +336,11 @@ async fn csv_export_neutralises_formulas() {
         .await;
     assert_eq!(csv.status, 200, "{}", csv.body);
     assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
-    let row = csv.body.lines().find(|l| l.starts_with("900000,")).expect("the row");
+    let row = csv
+        .body
+        .lines()
+        .find(|l| l.starts_with("900000,"))
+        .expect("the row");
     assert!(row.contains("'@polisen"), "{row}");
     assert!(row.contains("'+cmd"), "{row}");
     assert!(row.contains("\"'=HYPERLINK(\"\"http://x\"\")\""), "{row}");

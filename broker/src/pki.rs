@@ -589,15 +589,27 @@ pub const DEV_SUPERVISOR_ORG: &str = "tillsyn";
 const DAYS_DEV: i64 = 3650;
 
 /// Issues the console certificates that are missing: one auditor per
-/// agency and the federation supervisor.
+/// agency and the federation supervisor. With `replace`, existing ones are
+/// issued anew (a new CA) and browser bundles (`.p12`) of the old ones are
+/// removed.
 fn issue_console_certs(
     layout: &DevPkiLayout,
     ca: &Ca,
     agencies: &[String],
+    replace: bool,
 ) -> Result<usize, PkiError> {
     let mut issued = 0;
+    if replace {
+        let stale = agencies
+            .iter()
+            .map(|a| layout.agency_dir(a).join("auditor.p12"))
+            .chain([layout.dir.join("supervisor").join("supervisor.p12")]);
+        for p12 in stale.filter(|p| p.exists()) {
+            fs::remove_file(&p12).map_err(|source| PkiError::Io { path: p12, source })?;
+        }
+    }
     for agency in agencies {
-        if layout.auditor_cert(agency).exists() {
+        if !replace && layout.auditor_cert(agency).exists() {
             continue;
         }
         let cert = ca.issue_role(

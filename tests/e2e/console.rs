@@ -15,7 +15,7 @@ use crate::fixtures::{TEST_ORGNR, inspection_result};
 
 /// The README's walk-through: Polisen → akrimost, skatteverket (shares) and
 /// linkoping (denied). Returns the alert id and the three entry indices.
-async fn walk_through(broker: &TestBroker) -> (String, u64, u64, u64) {
+pub(crate) async fn walk_through(broker: &TestBroker) -> (String, u64, u64, u64) {
     let polisen = broker.agency("polisen").await;
     let alert = inspection_result().addressed_to(["akrimost", "skatteverket", "linkoping"]);
     let receipt = polisen

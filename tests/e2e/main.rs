@@ -2,6 +2,7 @@
 //! One binary, one module per area (see `samverkan_e2e` for the harness).
 
 mod audit;
+mod browser;
 mod connections;
 mod console;
 mod crash;

@@ -225,7 +225,9 @@ async fn harden(request: Request, next: Next) -> Response {
     );
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    // `same-origin`, not `no-referrer`: with the latter, browsers send
+    // `Origin: null` on the console's own forms.
+    set(headers, header::REFERRER_POLICY, "same-origin");
     if !path.starts_with("/static/") {
         set(headers, header::CACHE_CONTROL, "no-store");
     }

@@ -124,7 +124,7 @@ pub async fn entry_page(ctx: Ctx, Path(index): Path<String>) -> Result<Response,
                     }
                     div id="verify-result" role="status" {}
                     details id="paste" {
-                        summary { (l.t("Kontrollera en annan beviskfil", "Check another evidence file")) }
+                        summary { (l.t("Kontrollera en annan bevisfil", "Check another evidence file")) }
                         input id="bundle-file" type="file" accept=".json,application/json";
                         textarea id="bundle-text" rows="6" spellcheck="false" {}
                         button id="verify-pasted" type="button" { (l.t("Kontrollera denna fil", "Check this file")) }

@@ -399,6 +399,20 @@ pub fn samverkan_binary() -> PathBuf {
     path
 }
 
+/// An example program of the SDK (`client-sdk/examples/{name}.rs`) of this
+/// build. `cargo nextest run` and `cargo test` build the examples of the
+/// packages they test into `target/<profile>/examples/`, next to the
+/// binaries' directory, so no second build is needed.
+pub fn sdk_example_binary(name: &str) -> PathBuf {
+    let path = samverkan_binary().with_file_name("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p samverkan-sdk --examples; nextest and cargo test do)",
+        path.display()
+    );
+    path
+}
+
 /// A TCP proxy in front of a server (PostgreSQL) that a test can cut and
 /// restore, to make the database disappear and come back.
 pub struct TcpProxy {

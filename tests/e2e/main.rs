@@ -6,6 +6,7 @@ mod browser;
 mod connections;
 mod console;
 mod crash;
+mod examples;
 mod fixtures;
 mod flows;
 mod forgery;

@@ -90,6 +90,29 @@ pub enum ClientError {
     Closed,
 }
 
+impl ClientError {
+    /// Whether the same call may succeed later without anything being
+    /// changed, so that retrying with a backoff is the right answer: the
+    /// broker was unreachable or unavailable, the connection broke, or an
+    /// operation timed out. Errors of certificates, keys, configuration or
+    /// permissions are not transient: retrying them only hides the problem.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::ConnectionRefused { .. }
+            | ClientError::Connection { .. }
+            | ClientError::Timeout { .. } => true,
+            ClientError::SessionRefused { code, .. } => code == "ServiceUnavailable",
+            ClientError::Config(_)
+            | ClientError::Io { .. }
+            | ClientError::Credentials { .. }
+            | ClientError::Tls { .. }
+            | ClientError::InvalidFilter(_)
+            | ClientError::SubscribeRefused { .. }
+            | ClientError::Closed => false,
+        }
+    }
+}
+
 /// Why a publish did not end with an accepted receipt.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -158,6 +181,55 @@ impl DeliveryError {
     pub fn topic(&self) -> &str {
         match self {
             DeliveryError::Refused { topic, .. } => topic,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unreachable_brokers_and_timeouts_are_transient() {
+        let address = || "broker:8883".to_string();
+        let transient = [
+            ClientError::ConnectionRefused {
+                address: address(),
+                reason: "refused".into(),
+            },
+            ClientError::Connection {
+                address: address(),
+                reason: "reset".into(),
+            },
+            ClientError::Timeout {
+                what: "connecting to the broker",
+                after: Duration::from_secs(10),
+            },
+            ClientError::SessionRefused {
+                address: address(),
+                code: "ServiceUnavailable".into(),
+            },
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        let permanent = [
+            ClientError::Config("empty host".into()),
+            ClientError::Tls {
+                address: address(),
+                reason: "unknown CA".into(),
+            },
+            ClientError::SessionRefused {
+                address: address(),
+                code: "NotAuthorized".into(),
+            },
+            ClientError::SubscribeRefused {
+                topic: "/tenants/linkoping/in/#".into(),
+            },
+            ClientError::Closed,
+        ];
+        for e in &permanent {
+            assert!(!e.is_transient(), "{e}");
         }
     }
 }

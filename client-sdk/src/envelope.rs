@@ -567,7 +567,13 @@ pub fn verify_signature(
         .map_err(|_| EnvelopeError::BadSignature)
 }
 
-/// An envelope whose signature and disclosures have been verified.
+/// An envelope whose signature and disclosures have been verified
+/// ([`Envelope::verify`]): the publisher's ed25519 signature over the header
+/// and every field digest verifies with a key the resolver holds for the
+/// header's publisher and key id, valid at `issued_at_ms`; every disclosure
+/// is well formed and matches a signed digest, and no field is disclosed
+/// twice. The values are therefore exactly what the publisher signed.
+/// Withheld fields are only digests: their values cannot be recovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAlert {
     envelope: Envelope,

@@ -224,6 +224,25 @@ pub struct DenialReceipt {
 }
 
 /// The broker's answer to a published alert.
+///
+/// A receipt returned by the client (`Client::publish`, or inside
+/// `PublishError::Rejected`) has been verified: signed by a key of owner
+/// `broker` that was valid when the broker signed, and about exactly the
+/// alert that was published (same publisher, alert id and envelope hash).
+/// It is the broker's signed statement that:
+///
+/// * when [`ReceiptStatus::Accepted`], it verified the alert (publisher
+///   signature, key, clock, schema), decided it under `policy_version`, and
+///   recorded every share and denial in the audit log at the given
+///   `audit_index`es; the shares are being delivered. It does not prove that
+///   a recipient received or read a share: its acknowledgement, recorded in
+///   the audit log, does;
+/// * when [`ReceiptStatus::Rejected`], it refused the alert for the reason in
+///   `rejection` (codes in `docs/PROTOCOL.md` 13.5.5), shared nothing, and
+///   recorded the refusal at `audit_index`.
+///
+/// Keep it: with the audit log's inclusion proofs (`samverkan audit prove`)
+/// it is evidence of what was shared with whom, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// The alert, when its id could be read.

@@ -36,7 +36,39 @@ impl fmt::Debug for TlsMaterial {
 ///
 /// Build it with [`AgencyConfig::from_dev_pki`] for the development layout
 /// or [`AgencyConfig::new`] from explicit parts, then adjust the public
-/// fields (time limits) if needed.
+/// fields (time limits) if needed. In production the parts come from the
+/// agency's own files:
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::path::Path;
+/// use samverkan_sdk::client::{AgencyConfig, TlsMaterial};
+/// use samverkan_sdk::keys::{self, KeyRegistry};
+///
+/// let dir = Path::new("/etc/samverkan");
+/// let tls = TlsMaterial {
+///     ca_pem: std::fs::read(dir.join("federation-ca.pem"))?,
+///     client_cert_pem: std::fs::read(dir.join("client.pem"))?,
+///     client_key_pem: std::fs::read(dir.join("client.key"))?,
+/// };
+/// let registry = |file: &str| {
+///     KeyRegistry::load(&dir.join(file)).map_err(|problems| {
+///         let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+///         problems.join("; ")
+///     })
+/// };
+/// let config = AgencyConfig::new(
+///     "forsakringskassan",
+///     "samverkan.example.se", // must match the broker's certificate
+///     8883,
+///     tls,
+///     keys::read_signing_key(&dir.join("signing.key"))?,
+///     "forsakringskassan-2026", // its id in the policy's keys.toml
+///     registry("broker-keys.toml")?, // verifies receipts and share stamps
+///     registry("keys.toml")?, // verifies the alerts of every agency
+/// )?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct AgencyConfig {
     /// The agency id (also the O= of the client certificate).

@@ -147,6 +147,30 @@ impl Drop for Subscription {
 /// A share delivered to this agency whose broker stamp and publisher
 /// signature have been verified. Acknowledge it with [`Self::ack`] once it
 /// has been handled; until then the broker redelivers it after reconnects.
+///
+/// Holding one means the client has checked (see
+/// [`Delivery::verify`](crate::messages::Delivery::verify)):
+///
+/// * the broker's [stamp](Self::stamp) is signed by a key of owner `broker`
+///   in the configured broker keys, valid (not expired, not revoked) when the
+///   broker signed it;
+/// * the stamp names this agency as the recipient, the logical topic the
+///   share arrived on, and exactly this alert: its id, publisher, type and
+///   envelope hash; the share id belongs to that envelope and this agency;
+/// * the publisher's ed25519 signature over the header and every field
+///   digest verifies with the publisher's key in the configured agency keys,
+///   valid at the alert's `issued_at`;
+/// * every disclosed field matches a signed digest, and exactly the fields
+///   the stamp lists were disclosed.
+///
+/// So the fields are the publisher's, unaltered, and the broker states under
+/// which rule, legal basis, purpose and policy version it shared them, and
+/// where in the audit log that is recorded (`audit_index`). Not checked here:
+/// how old the alert is (the broker checked `issued_at` against its clock
+/// when it accepted the alert); compare the header's
+/// [`issued_at_ms`](crate::envelope::EnvelopeHeader::issued_at_ms) with your
+/// own limits if that matters. Field values may be personal data: its `Debug` form prints
+/// identifiers and field names only.
 pub struct ReceivedShare {
     delivery: VerifiedDelivery,
     sub: u64,
@@ -192,7 +216,9 @@ impl ReceivedShare {
         &self.delivery.alert
     }
 
-    /// The disclosed fields as a JSON object.
+    /// The disclosed fields as a JSON object: exactly the fields the stamp
+    /// lists, each verified against the publisher's signed digest. Fields
+    /// the policy withheld from this agency are absent.
     pub fn fields(&self) -> Map<String, Value> {
         self.delivery.alert.fields()
     }

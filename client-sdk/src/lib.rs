@@ -97,7 +97,8 @@ async fn main() -> Result<(), Error> {
         println!("shared with {} under {}: {:?}", share.recipient, share.rule_id, share.fields);
     }
     for denial in &receipt.denials {
-        println!("denied {:?}: {}", denial.recipient, denial.code);
+        let recipient = denial.recipient.as_deref().unwrap_or("everyone");
+        println!("denied {recipient}: {}", denial.code);
     }
     fk.close().await;
 

@@ -169,6 +169,7 @@ certificates and keys.
 //! * [`json`] — the one JSON reader for everything read from the wire, which
 //!   refuses an object that repeats a member name;
 //! * [`topics`] — the MQTT topic layout;
+//! * [`witness`] — an agency's witness of the audit log (cosigns checkpoints);
 //! * [`names`] — the syntax of agency ids, logical topics, alert types and
 //!   field names;
 //! * `client` (feature `client`) — the agency client: MQTT over mutual TLS,
@@ -202,6 +203,7 @@ pub mod names;
 pub mod source;
 pub mod time;
 pub mod topics;
+pub mod witness;
 
 pub use alerts::{Alert, AlertError};
 #[cfg(feature = "client")]

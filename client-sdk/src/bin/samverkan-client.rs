@@ -5,6 +5,9 @@
 //! samverkan-client publish --agency linkoping --topic welfare/incorrect-payment/ost \
 //!     --type welfare.incorrect_payment --file alert.json [--to polisen,forsakringskassan]
 //! samverkan-client follow --agency forsakringskassan [--filter 'welfare/#'] [--no-ack]
+//! samverkan-client witness --agency polisen --init        # new state and witness key
+//! samverkan-client witness --agency polisen               # cosign checkpoints (long-running)
+//! samverkan-client witness --agency polisen --evidence    # conflicts found, with both notes
 //! ```
 //!
 //! Both default to the development layout (`certs-dev/`, `policies/keys.toml`,
@@ -86,6 +89,31 @@ enum Command {
         /// Do not acknowledge the shares (they will be delivered again).
         #[arg(long)]
         no_ack: bool,
+    },
+    /// Witness the audit log: cosign the broker's checkpoints after checking
+    /// that each extends the last one cosigned (runs until stopped).
+    Witness {
+        #[command(flatten)]
+        connection: Connection,
+        /// The witness's state file (its key and history); never shared.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Make a new state with a new witness key and print its
+        /// `[[witness]]` entry for policies/witnesses.toml, then exit.
+        #[arg(long, conflicts_with_all = ["evidence", "show_key"])]
+        init: bool,
+        /// With --init: the witness key's name.
+        #[arg(long, requires = "init")]
+        key_name: Option<String>,
+        /// With --init: the origin of the log to witness.
+        #[arg(long, requires = "init", default_value = "samverkan-dev/audit")]
+        origin: String,
+        /// Print every conflict found (both broker-signed notes) as JSON lines, then exit (1 if there are any).
+        #[arg(long, conflicts_with = "show_key")]
+        evidence: bool,
+        /// Print the `[[witness]]` entry of the existing state, then exit.
+        #[arg(long)]
+        show_key: bool,
     },
 }
 
@@ -186,7 +214,117 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Witness {
+            connection,
+            state,
+            init,
+            key_name,
+            origin,
+            evidence,
+            show_key,
+        } => {
+            let path =
+                state.unwrap_or_else(|| PathBuf::from(format!("witness-{}.db", connection.agency)));
+            witness(
+                &connection,
+                &path,
+                init,
+                key_name,
+                &origin,
+                evidence,
+                show_key,
+            )
+            .await
+        }
     }
+}
+
+/// The `[[witness]]` entry of policies/witnesses.toml for a witness key.
+fn witness_entry(agency: &str, key: &samverkan_sdk::audit::cosignature::WitnessKey) -> String {
+    format!(
+        "[[witness]]\nagency = \"{agency}\"\nkey = \"{}\"\n",
+        key.vkey()
+    )
+}
+
+async fn witness(
+    connection: &Connection,
+    path: &Path,
+    init: bool,
+    key_name: Option<String>,
+    origin: &str,
+    evidence: bool,
+    show_key: bool,
+) -> Result<ExitCode> {
+    use samverkan_sdk::witness::{Witness, WitnessState, default_key_name, service};
+    samverkan_sdk::names::validate_agency_id(&connection.agency)?;
+    if init {
+        let name = key_name.unwrap_or_else(|| default_key_name(&connection.agency));
+        if !signed_note_name_ok(&name) {
+            bail!("`{name}` is not a valid key name (no spaces or `+`)");
+        }
+        let state = WitnessState::create(path, &name, origin).await?;
+        let identity = state.identity().await?;
+        state.close().await;
+        let key = samverkan_sdk::audit::cosignature::WitnessKey {
+            name,
+            public_key: identity.key.verifying_key(),
+        };
+        eprintln!(
+            "new witness state {} for the log `{origin}`; add this to policies/witnesses.toml:",
+            path.display()
+        );
+        print!("{}", witness_entry(&connection.agency, &key));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = WitnessState::open(path).await?;
+    if evidence {
+        let conflicts = state.conflicts().await?;
+        let mut stdout = std::io::stdout();
+        for c in &conflicts {
+            writeln!(stdout, "{}", serde_json::to_string(c)?)?;
+        }
+        state.close().await;
+        if conflicts.is_empty() {
+            eprintln!("no conflict found");
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "{} conflict(s): each pair of notes is signed by the broker's key and cannot both be true",
+            conflicts.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if show_key {
+        let identity = state.identity().await?;
+        let key = samverkan_sdk::audit::cosignature::WitnessKey {
+            name: identity.key_name,
+            public_key: identity.key.verifying_key(),
+        };
+        print!("{}", witness_entry(&connection.agency, &key));
+        state.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config(connection)?;
+    let witness = Witness::new(state, config.broker_keys.clone()).await?;
+    eprintln!(
+        "witness {} of `{}` for {} (state {})",
+        witness.public_key().vkey(),
+        witness.origin(),
+        connection.agency,
+        path.display()
+    );
+    service::run(&witness, &config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    witness.state().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Key names of signed notes: not empty, no whitespace, no `+`.
+fn signed_note_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace() || c == '+')
 }
 
 fn config(connection: &Connection) -> Result<AgencyConfig> {

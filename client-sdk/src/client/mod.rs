@@ -53,7 +53,7 @@ mod dedup;
 mod error;
 mod receipts;
 mod subscription;
-mod tls;
+pub(crate) mod tls;
 mod tracker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

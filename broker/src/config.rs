@@ -336,7 +336,7 @@ impl BrokerConfig {
         };
         let checkpoint_interval = millis(
             &raw.audit.checkpoint_interval_ms,
-            60_000,
+            500,
             "checkpoint_interval_ms",
             &mut err,
         );

@@ -6,7 +6,8 @@
 //! ever subscribed (never freed) and every retained message. So the gateway
 //! allows exactly what `docs/PROTOCOL.md` 13.2 defines for an agency:
 //!
-//! * PUBLISH only on `out/{logical topic}`, `acks` and `replay`, without the
+//! * PUBLISH only on `out/{logical topic}`, `acks`, `replay` and a
+//!   witness's answers `witness/add-checkpoint/{id}/{status}`, without the
 //!   retain flag and without an MQTT 5 topic alias;
 //! * SUBSCRIBE only to `receipts` and `in/…` filters (the checkpoint topic is
 //!   one of them), at most [`Limits::subscriptions_per_connection`] at a
@@ -62,9 +63,9 @@ pub enum Violation {
     /// A packet type a client must not send, or not at this point.
     #[error("packet type {0} is not accepted from a client")]
     UnexpectedPacket(u8),
-    /// PUBLISH outside `out/…`, `acks` and `replay`.
+    /// PUBLISH outside `out/…`, `acks`, `replay` and witness answers.
     #[error(
-        "publishing on `{0}` is not allowed: agencies publish on out/{{topic}}, acks and replay"
+        "publishing on `{0}` is not allowed: agencies publish on out/{{topic}}, acks, replay and witness/add-checkpoint/{{id}}/{{status}}"
     )]
     PublishTopic(String),
     /// SUBSCRIBE outside `receipts` and `in/…`.
@@ -380,10 +381,17 @@ pub fn publish_allowed(agency: &str, topic: &str) -> bool {
     let Some(rest) = own(agency, topic) else {
         return false;
     };
-    match rest.strip_prefix("out/") {
-        Some(logical) => !logical.is_empty() && !logical.contains(['+', '#']),
-        None => rest == "acks" || rest == "replay",
+    if let Some(logical) = rest.strip_prefix("out/") {
+        return !logical.is_empty() && !logical.contains(['+', '#']);
     }
+    if rest.starts_with("witness/") {
+        // A witness's answer: exactly the form the router reads.
+        return matches!(
+            samverkan_sdk::topics::BrokerTopic::parse(topic),
+            Some(samverkan_sdk::topics::BrokerTopic::WitnessAnswer { agency: a, .. }) if a == agency
+        );
+    }
+    rest == "acks" || rest == "replay"
 }
 
 /// Whether `filter` is one an agency's client may subscribe to.

@@ -45,3 +45,4 @@ pub mod router;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod witness;

@@ -21,6 +21,22 @@ pub struct AgencyLabel {
     pub agency: String,
 }
 
+/// A label set with one `witness` (agency id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WitnessLabel {
+    /// The witness's agency.
+    pub witness: String,
+}
+
+/// A label set with a `witness` and the `status` of its answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WitnessStatusLabel {
+    /// The witness's agency.
+    pub witness: String,
+    /// HTTP status of the answer, `timeout` or `bad_cosignature`.
+    pub status: String,
+}
+
 /// Every metric the broker exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +64,18 @@ pub struct Metrics {
     pub audit_entries: Gauge,
     /// Open connections per agency (set when scraped).
     pub connections: Family<AgencyLabel, Gauge>,
+    /// Cosignatures received, per witness.
+    pub witness_cosignatures: Family<WitnessLabel, Counter>,
+    /// Requests a witness did not cosign, per witness and answer.
+    pub witness_refusals: Family<WitnessStatusLabel, Counter>,
+    /// Seconds from a cosigning request to its verified cosignature.
+    pub witness_round_seconds: Histogram,
+    /// Seconds from signing a checkpoint to its reaching the quorum.
+    pub witness_quorum_seconds: Histogram,
+    /// Seconds since the newest checkpoint that reached the quorum was signed (set when scraped; -1: none yet).
+    pub witness_quorum_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Entries between the newest checkpoint and the one each witness last cosigned (set when scraped).
+    pub witness_lag_entries: Family<WitnessLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -73,6 +101,12 @@ impl Metrics {
             database_up: Gauge::default(),
             audit_entries: Gauge::default(),
             connections: Family::default(),
+            witness_cosignatures: Family::default(),
+            witness_refusals: Family::default(),
+            witness_round_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            witness_quorum_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            witness_quorum_age_seconds: Gauge::default(),
+            witness_lag_entries: Family::default(),
             registry: Registry::default(),
         };
         registry.register("alerts_accepted", "Alerts accepted", m.accepted.clone());
@@ -118,6 +152,36 @@ impl Metrics {
             "connections",
             "Open connections per agency",
             m.connections.clone(),
+        );
+        registry.register(
+            "witness_cosignatures",
+            "Cosignatures received, per witness",
+            m.witness_cosignatures.clone(),
+        );
+        registry.register(
+            "witness_refusals",
+            "Cosigning requests not cosigned, per witness and answer (HTTP status, timeout, bad_cosignature)",
+            m.witness_refusals.clone(),
+        );
+        registry.register(
+            "witness_round_seconds",
+            "Time from a cosigning request to its verified cosignature",
+            m.witness_round_seconds.clone(),
+        );
+        registry.register(
+            "witness_quorum_seconds",
+            "Time from signing a checkpoint to its reaching the witness quorum",
+            m.witness_quorum_seconds.clone(),
+        );
+        registry.register(
+            "witness_quorum_age_seconds",
+            "Age of the newest checkpoint that reached the witness quorum (-1: none yet)",
+            m.witness_quorum_age_seconds.clone(),
+        );
+        registry.register(
+            "witness_lag_entries",
+            "Entries between the newest checkpoint and the one each witness last cosigned",
+            m.witness_lag_entries.clone(),
         );
         Self { registry, ..m }
     }

@@ -33,6 +33,7 @@ use crate::policy::{PolicyError, PolicyHandle, PolicySet};
 use crate::router::{ROUTER_FILTERS, Router, RouterCommand, RouterError, RouterParts};
 use crate::signer::BrokerSigner;
 use crate::store::{Backend, Store, StoreError};
+use crate::witness::{WitnessBoard, WitnessHealth};
 
 /// Why the broker did not start.
 #[derive(Debug, Error)]
@@ -78,8 +79,12 @@ pub struct DatabaseHealth {
 /// What `GET /health` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
-    /// Everything works; `false` while the broker fails closed.
+    /// The broker works; `false` while it fails closed.
     pub ok: bool,
+    /// `ok`; `degraded` while it works but witnesses lag behind, the newest
+    /// checkpoint has not reached the quorum, or a witness reports a
+    /// conflict; `down` while the database is unavailable.
+    pub status: &'static str,
     /// `up` or `down`.
     pub database: &'static str,
     /// The database error while it is down.
@@ -93,6 +98,8 @@ pub struct HealthReport {
     pub connections: BTreeMap<String, usize>,
     /// Seconds since start.
     pub uptime_seconds: u64,
+    /// The witnesses of the audit log and their cosignatures.
+    pub witnessing: WitnessHealth,
 }
 
 /// The outcome of one part of a reload.
@@ -128,6 +135,7 @@ pub struct Control {
     gateway: Arc<Gateway>,
     commands: mpsc::Sender<RouterCommand>,
     metrics: Arc<Metrics>,
+    witnesses: Arc<WitnessBoard>,
     health: watch::Receiver<DatabaseHealth>,
     started: Instant,
     reloading: tokio::sync::Mutex<()>,
@@ -138,8 +146,17 @@ impl Control {
     /// The health report.
     pub async fn health(&self) -> HealthReport {
         let db = self.health.borrow().clone();
+        let witnessing = self.witnesses.health();
         HealthReport {
             ok: !db.down,
+            status: if db.down {
+                "down"
+            } else if witnessing.ok() {
+                "ok"
+            } else {
+                "degraded"
+            },
+            witnessing,
             database: if db.down { "down" } else { "up" },
             database_error: db.error,
             policy_version: self.policy.current().version().to_string(),
@@ -157,6 +174,19 @@ impl Control {
                 .connections
                 .get_or_create(&AgencyLabel { agency })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let witnessing = self.witnesses.health();
+        self.metrics
+            .witness_quorum_age_seconds
+            .set(witnessing.newest_quorum_age_seconds.unwrap_or(-1.0));
+        self.metrics.witness_lag_entries.clear();
+        for row in &witnessing.witnesses {
+            self.metrics
+                .witness_lag_entries
+                .get_or_create(&crate::metrics::WitnessLabel {
+                    witness: row.agency.clone(),
+                })
+                .set(i64::try_from(row.lag_entries).unwrap_or(i64::MAX));
         }
         self.metrics.encode()
     }
@@ -330,6 +360,7 @@ impl Broker {
         info!(v4 = %embedded.v4, v5 = %embedded.v5, "embedded MQTT broker listening on loopback");
 
         let metrics = Arc::new(Metrics::new());
+        let witnesses = Arc::new(WitnessBoard::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
         let router = Router::new(
@@ -342,6 +373,7 @@ impl Broker {
                 subjects: subjects.clone(),
                 commands: commands_rx,
                 metrics: metrics.clone(),
+                witnesses: witnesses.clone(),
             },
             config.router.clone(),
             config.audit.clone(),
@@ -379,6 +411,7 @@ impl Broker {
             gateway: gateway.clone(),
             commands: commands.clone(),
             metrics: metrics.clone(),
+            witnesses,
             health: health_rx,
             started,
             reloading: tokio::sync::Mutex::new(()),

@@ -874,3 +874,132 @@ fn check_delivery(
     }
     Ok(())
 }
+
+/// What the witnesses' cosignatures show, as `audit verify` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct WitnessSummary {
+    /// The quorum of the policy named by the newest entry (`none`: no witnesses).
+    pub quorum: String,
+    /// Stored cosignatures verified.
+    pub cosignatures: u64,
+    /// Checkpoints examined.
+    pub checkpoints: u64,
+    /// Of them, those whose cosignatures meet the quorum.
+    pub at_quorum: u64,
+    /// The newest checkpoint that reached the quorum.
+    pub newest_at_quorum: Option<u64>,
+    /// The newest checkpoint, the witnesses that cosigned it and those that did not.
+    pub newest: Option<(u64, Vec<String>, Vec<String>)>,
+    /// For each checkpoint given with `--checkpoint`: its size and the witnesses whose cosignatures verified.
+    pub given: Vec<(u64, Vec<String>)>,
+}
+
+/// Checkpoints read per query while checking cosignatures.
+const COSIGNATURE_CHUNK: u32 = 1024;
+
+/// Checks every stored cosignature against the checkpoint it signs (with
+/// the key stored beside it) and counts, under the witness policy of the
+/// newest entry's policy version, which checkpoints reached the quorum.
+/// Cosignatures on checkpoints in `given` are checked with that policy's
+/// keys.
+pub async fn check_cosignatures(
+    store: &Store,
+    broker_keys: &KeyRegistry,
+    given: &[String],
+) -> Result<WitnessSummary, VerifyFailure> {
+    use samverkan_sdk::audit::cosignature::{
+        WitnessKey, join_note, split_note, verify_cosignatures,
+    };
+    use samverkan_sdk::audit::evidence::witness_policy_of;
+    let (_, next) = store.audit_extent().await?;
+    let newest_entry = match next {
+        0 => None,
+        n => store.audit_range(n - 1, n).await?.into_iter().next(),
+    };
+    let policy = match newest_entry.and_then(|e| e.policy_version) {
+        Some(version) => match store.policy_files(&version).await? {
+            Some(files) => witness_policy_of(&files).map_err(|e| VerifyFailure::BadCheckpoint {
+                size: 0,
+                reason: format!("policy {version}: {e}"),
+            })?,
+            None => samverkan_sdk::audit::witnesses::WitnessPolicy::none(),
+        },
+        None => samverkan_sdk::audit::witnesses::WitnessPolicy::none(),
+    };
+    let mut summary = WitnessSummary {
+        quorum: policy.quorum_name().to_string(),
+        ..WitnessSummary::default()
+    };
+    let current: HashMap<String, String> = policy
+        .witnesses()
+        .values()
+        .map(|w| (w.key.vkey(), w.agency.clone()))
+        .collect();
+    let mut after = None;
+    loop {
+        let chunk = store.checkpoints_after(after, COSIGNATURE_CHUNK).await?;
+        let Some(last) = chunk.last() else { break };
+        after = Some(last.size);
+        for checkpoint in &chunk {
+            summary.checkpoints += 1;
+            let bad = |reason: String| VerifyFailure::BadCheckpoint {
+                size: checkpoint.size,
+                reason,
+            };
+            let (text, _) = split_note(&checkpoint.note).map_err(|e| bad(e.to_string()))?;
+            let mut signed = std::collections::BTreeSet::new();
+            for c in store.cosignatures(checkpoint.size).await? {
+                let key = WitnessKey::from_vkey(&c.vkey)
+                    .map_err(|e| bad(format!("the stored key of witness {}: {e}", c.witness)))?;
+                let found =
+                    verify_cosignatures(&join_note(&text, std::slice::from_ref(&c.line)), &[key])
+                        .ok()
+                        .filter(|v| v.len() == 1);
+                if found.is_none() {
+                    return Err(bad(format!(
+                        "the stored cosignature of witness {} does not verify: it was changed or does not belong to this checkpoint",
+                        c.witness
+                    )));
+                }
+                summary.cosignatures += 1;
+                if current.get(&c.vkey) == Some(&c.witness) {
+                    signed.insert(c.witness);
+                }
+            }
+            if policy.requires_cosignatures() && policy.quorum_met(&signed) {
+                summary.at_quorum += 1;
+                summary.newest_at_quorum = Some(checkpoint.size);
+            }
+            let missing = policy
+                .witnesses()
+                .keys()
+                .filter(|w| !signed.contains(*w))
+                .cloned()
+                .collect();
+            summary.newest = Some((checkpoint.size, signed.into_iter().collect(), missing));
+        }
+        if chunk.len() < COSIGNATURE_CHUNK as usize {
+            break;
+        }
+    }
+    for note in given {
+        let checkpoint =
+            verify_checkpoint(note, broker_keys).map_err(|e| VerifyFailure::BadCheckpoint {
+                size: 0,
+                reason: format!("a given checkpoint: {e}"),
+            })?;
+        let verified = verify_cosignatures(note, &policy.keys()).map_err(|e| {
+            VerifyFailure::BadCheckpoint {
+                size: checkpoint.size,
+                reason: format!("a given checkpoint's cosignature: {e}"),
+            }
+        })?;
+        let mut names: Vec<String> = verified
+            .iter()
+            .filter_map(|c| policy.by_key_name(&c.name).map(|w| w.agency.clone()))
+            .collect();
+        names.sort();
+        summary.given.push((checkpoint.size, names));
+    }
+    Ok(summary)
+}

@@ -36,6 +36,49 @@ fn subscribe(filters: &[&str], level: u8) -> Vec<u8> {
 }
 
 #[test]
+fn witness_answers_are_allowed_only_in_their_exact_form() {
+    for topic in [
+        "/tenants/polisen/witness/add-checkpoint/1a2b/200",
+        "/tenants/polisen/witness/add-checkpoint/0/409",
+        "/tenants/polisen/witness/add-checkpoint/ffffffffffffffffffffffffffffffff/422",
+    ] {
+        assert!(publish_allowed("polisen", topic), "{topic}");
+    }
+    for topic in [
+        "/tenants/polisen/witness",
+        "/tenants/polisen/witness/",
+        "/tenants/polisen/witness/add-checkpoint/1a2b",
+        "/tenants/polisen/witness/add-checkpoint/1a2b/",
+        "/tenants/polisen/witness/add-checkpoint/1a2b/2000",
+        "/tenants/polisen/witness/add-checkpoint/1a2b/099",
+        "/tenants/polisen/witness/add-checkpoint/1A2B/200",
+        "/tenants/polisen/witness/add-checkpoint/+/200",
+        "/tenants/polisen/witness/add-checkpoint/#",
+        "/tenants/polisen/witness/add-checkpoint/1a/200/x",
+        "/tenants/polisen/witness/other/1a/200",
+        "/tenants/polisen/witness/add-checkpoint/fffffffffffffffffffffffffffffffff/200",
+        "/tenants/skatteverket/witness/add-checkpoint/1a/200",
+        "/tenants/polisen/in/_witness/add-checkpoint/1a",
+    ] {
+        assert!(!publish_allowed("polisen", topic), "{topic}");
+    }
+    // The witness receives requests and cosigned checkpoints below in/.
+    for filter in [
+        "/tenants/polisen/in/_witness/add-checkpoint/+",
+        "/tenants/polisen/in/_audit/cosigned",
+    ] {
+        assert!(subscribe_allowed("polisen", filter), "{filter}");
+    }
+    for filter in [
+        "/tenants/polisen/witness/#",
+        "/tenants/polisen/witness/add-checkpoint/+/+",
+        "/tenants/skatteverket/in/_witness/add-checkpoint/+",
+    ] {
+        assert!(!subscribe_allowed("polisen", filter), "{filter}");
+    }
+}
+
+#[test]
 fn publish_is_allowed_only_on_out_acks_and_replay() {
     for topic in [
         "/tenants/polisen/out/akrim/ost/inspection",

@@ -12,6 +12,7 @@
 //! retention.toml       how long alert content (personal data) is kept
 //! alert-types/*.schema.json   one JSON Schema per alert type
 //! rules/*.toml         the sharing rules
+//! witnesses.toml       the agencies' witness keys and the cosignature quorum
 //! ```
 //!
 //! The set is validated as a whole when it is loaded; any mistake refuses the
@@ -28,6 +29,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
+use samverkan_sdk::audit::witnesses::{WITNESSES_FILE, WitnessPolicy};
 use samverkan_sdk::identifiers::Organisationsnummer;
 use samverkan_sdk::keys::KeyRegistry;
 use samverkan_sdk::names;
@@ -200,6 +202,7 @@ pub struct PolicySet {
     limits: BTreeMap<String, Limit>,
     default_retention_days: u32,
     retention_days: BTreeMap<String, u32>,
+    witnesses: WitnessPolicy,
     files: Vec<PolicyFile>,
 }
 
@@ -269,6 +272,11 @@ impl PolicySet {
             .get(alert_type)
             .copied()
             .unwrap_or(self.default_retention_days)
+    }
+
+    /// The witnesses of the audit log and the quorum of cosignatures.
+    pub fn witnesses(&self) -> &WitnessPolicy {
+        &self.witnesses
     }
 
     /// The verbatim files, in version-hash order.
@@ -419,6 +427,7 @@ impl Loader {
         let alert_types = self.load_alert_types();
         let rules = self.load_rules(&agencies, &legal_bases, &alert_types);
         let (default_retention_days, retention_days) = self.load_retention(&alert_types);
+        let witnesses = self.load_witnesses(&agencies);
         if !self.errors.is_empty() {
             return Err(PolicyError {
                 errors: self.errors,
@@ -436,8 +445,23 @@ impl Loader {
             limits,
             default_retention_days,
             retention_days,
+            witnesses,
             files: self.files,
         })
+    }
+
+    fn load_witnesses(&mut self, agencies: &BTreeMap<String, Agency>) -> WitnessPolicy {
+        let Some((path, text)) = self.read(WITNESSES_FILE) else {
+            return WitnessPolicy::none();
+        };
+        let ids: BTreeSet<String> = agencies.keys().cloned().collect();
+        match WitnessPolicy::from_toml(&text, &path, Some(&ids)) {
+            Ok(w) => w,
+            Err(errors) => {
+                self.errors.extend(errors);
+                WitnessPolicy::none()
+            }
+        }
     }
 
     fn load_retention(

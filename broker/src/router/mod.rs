@@ -61,9 +61,15 @@ use crate::mqtt::RouterLink;
 use crate::policy::{PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
 use crate::store::{AckUpdate, Commit, KnownAlert, Purge, Store, StoreError, StoredCheckpoint};
+use crate::witness::{Coordinator, SignedHead, WitnessAnswer, WitnessBoard};
 
 /// The topic filters the router subscribes to.
-pub const ROUTER_FILTERS: [&str; 3] = ["/tenants/+/out/#", "/tenants/+/acks", "/tenants/+/replay"];
+pub const ROUTER_FILTERS: [&str; 4] = [
+    "/tenants/+/out/#",
+    "/tenants/+/acks",
+    "/tenants/+/replay",
+    "/tenants/+/witness/#",
+];
 
 /// Limits of the pipeline.
 #[derive(Debug, Clone)]
@@ -216,6 +222,8 @@ pub struct RouterParts {
     pub commands: mpsc::Receiver<RouterCommand>,
     /// Where the router counts what it does.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where the witness coordinator shows what it knows.
+    pub witnesses: Arc<WitnessBoard>,
 }
 
 /// The router task's state.
@@ -247,6 +255,9 @@ pub struct Router {
     metrics: Arc<crate::metrics::Metrics>,
     /// The batch whose transaction runs while the next one is prepared.
     in_flight: Option<InFlight>,
+    /// Each new checkpoint, for the witness coordinator.
+    heads: watch::Sender<Option<Arc<SignedHead>>>,
+    witnesses: Arc<WitnessBoard>,
 }
 
 /// A batch being committed by a task of its own, which sends the batch's
@@ -283,6 +294,7 @@ impl Router {
             subjects,
             commands,
             metrics,
+            witnesses,
         } = parts;
         let current = policy.current();
         let limits = PublishLimits::from_policy(&current);
@@ -312,6 +324,8 @@ impl Router {
             checkpointed: None,
             metrics,
             in_flight: None,
+            heads: watch::channel(None).0,
+            witnesses,
         }
     }
 
@@ -594,6 +608,11 @@ impl Router {
             self.send(topics::checkpoint(agency), note.clone().into_bytes())
                 .await;
         }
+        self.heads.send_replace(Some(Arc::new(SignedHead {
+            size,
+            note,
+            signed: Instant::now(),
+        })));
         info!(size, root = %hex::encode(root), "audit checkpoint signed and published");
         Ok(size)
     }
@@ -656,7 +675,27 @@ impl Router {
             .rx
             .take()
             .ok_or_else(|| RouterError::Link("the router link was already taken".into()))?;
-        let (intake, mut queue) = spawn_intake(rx, self.settings.batch_max * INTAKE_BATCHES);
+        // Witnesses are asked for cosignatures by a task of their own, so a
+        // slow or absent witness never holds up the pipeline.
+        let (answers, answers_rx) = mpsc::channel(WITNESS_ANSWERS);
+        if let Ok(Some(latest)) = self.store.latest_checkpoint().await {
+            self.heads.send_replace(Some(Arc::new(SignedHead {
+                size: latest.size,
+                note: latest.note,
+                signed: Instant::now(),
+            })));
+        }
+        let coordinator = Coordinator::new(
+            self.store.clone(),
+            self.policy.clone(),
+            self.outbox.tx.clone(),
+            self.witnesses.clone(),
+            self.metrics.clone(),
+        );
+        let coordinator =
+            tokio::spawn(coordinator.run(self.heads.subscribe(), answers_rx, shutdown.clone()));
+        let (intake, mut queue) =
+            spawn_intake(rx, self.settings.batch_max * INTAKE_BATCHES, answers);
         let mut pace = tokio::time::interval(PACE_EVERY);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let result = loop {
@@ -684,6 +723,7 @@ impl Router {
         if let Err(e) = self.checkpoint().await {
             warn!(error = %e, "no final checkpoint at shutdown");
         }
+        coordinator.abort();
         info!("router stopped");
         result
     }
@@ -1129,8 +1169,18 @@ async fn commit_counted(
     Ok(())
 }
 
-/// Sorts one notification from rumqttd into the batch.
-fn classify(rx: &LinkRx, notification: Notification, batch: &mut Vec<Inbound>) {
+/// Witness answers queued for the coordinator; more are dropped (the
+/// coordinator asks again).
+const WITNESS_ANSWERS: usize = 1024;
+
+/// Sorts one notification from rumqttd into the batch; witness answers go
+/// to the witness coordinator.
+fn classify(
+    rx: &LinkRx,
+    notification: Notification,
+    batch: &mut Vec<Inbound>,
+    answers: &mpsc::Sender<WitnessAnswer>,
+) {
     match notification {
         Notification::Forward(forward) => {
             let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else {
@@ -1152,6 +1202,17 @@ fn classify(rx: &LinkRx, notification: Notification, batch: &mut Vec<Inbound>) {
                     tenant: agency.to_string(),
                     payload,
                 }),
+                Some(BrokerTopic::WitnessAnswer { agency, id, status }) => {
+                    let answer = WitnessAnswer {
+                        agency: agency.to_string(),
+                        id: id.to_string(),
+                        status,
+                        body: payload,
+                    };
+                    if answers.try_send(answer).is_err() {
+                        warn!(agency, "a witness answer was dropped (queue full)");
+                    }
+                }
                 None => debug!(topic, "ignored a message outside the router's topics"),
             }
         }
@@ -1183,13 +1244,14 @@ const INTAKE_BATCHES: usize = 4;
 fn spawn_intake(
     mut rx: LinkRx,
     capacity: usize,
+    answers: mpsc::Sender<WitnessAnswer>,
 ) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<Inbound>) {
     let (tx, queue) = mpsc::channel(capacity.max(1));
     let task = tokio::spawn(async move {
         let mut taken = Vec::new();
         loop {
             match rx.next().await {
-                Ok(Some(n)) => classify(&rx, n, &mut taken),
+                Ok(Some(n)) => classify(&rx, n, &mut taken, &answers),
                 Ok(None) => {}
                 Err(e) => {
                     error!(error = %e, "the router link failed");

@@ -63,17 +63,32 @@ impl Backend {
     }
 
     fn migrator(self) -> Migrator {
-        let sql: &'static str = match self {
-            Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-            Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+        let (init, cosignatures): (&'static str, &'static str) = match self {
+            Backend::Sqlite => (
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+                include_str!("../../migrations/sqlite/0002_cosignatures.sql"),
+            ),
+            Backend::Postgres => (
+                include_str!("../../migrations/postgres/0001_init.sql"),
+                include_str!("../../migrations/postgres/0002_cosignatures.sql"),
+            ),
         };
-        Migrator::with_migrations(vec![Migration::new(
-            1,
-            "init".into(),
-            MigrationType::Simple,
-            sqlx::SqlStr::from_static(sql),
-            false,
-        )])
+        Migrator::with_migrations(vec![
+            Migration::new(
+                1,
+                "init".into(),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(init),
+                false,
+            ),
+            Migration::new(
+                2,
+                "cosignatures".into(),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(cosignatures),
+                false,
+            ),
+        ])
     }
 }
 
@@ -166,6 +181,21 @@ pub struct Purge {
     pub alert_type: String,
     /// Content received before this time is purged.
     pub cutoff_ms: i64,
+}
+
+/// A witness's cosignature of a checkpoint, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCosignature {
+    /// The checkpoint's size.
+    pub size: u64,
+    /// The witness (agency id).
+    pub witness: String,
+    /// The witness's verifier key at the time.
+    pub vkey: String,
+    /// The cosignature line, with its line feed.
+    pub line: String,
+    /// When the broker received it.
+    pub at_ms: i64,
 }
 
 /// A stored checkpoint.
@@ -801,6 +831,60 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Stores a witness's cosignature of the checkpoint of `size` (once per key).
+    pub async fn insert_cosignature(&self, c: &StoredCosignature) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO cosignatures (size, witness, vkey, line, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size, vkey) DO NOTHING")
+            .bind(to_i64(c.size))
+            .bind(c.witness.clone())
+            .bind(c.vkey.clone())
+            .bind(c.line.clone())
+            .bind(c.at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The cosignatures of the checkpoint of `size`, by witness.
+    pub async fn cosignatures(&self, size: u64) -> Result<Vec<StoredCosignature>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT size, witness, vkey, line, at_ms FROM cosignatures WHERE size = $1 ORDER BY witness",
+        )
+        .bind(to_i64(size))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let size: i64 = r.try_get("size")?;
+                Ok(StoredCosignature {
+                    size: u64::try_from(size).unwrap_or(0),
+                    witness: r.try_get("witness")?,
+                    vkey: r.try_get("vkey")?,
+                    line: r.try_get("line")?,
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The largest checkpoint size the witness key `vkey` cosigned, if any.
+    pub async fn last_cosigned(&self, vkey: &str) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(size) FROM cosignatures WHERE vkey = $1")
+                .bind(vkey.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(size.and_then(|s| u64::try_from(s).ok()))
+    }
+
+    /// The checkpoint of exactly `size`.
+    pub async fn checkpoint_at(&self, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = sqlx::query("SELECT size, root, at_ms, note FROM checkpoints WHERE size = $1")
+            .bind(to_i64(size))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_checkpoint).transpose()
     }
 
     /// All checkpoints, by size.

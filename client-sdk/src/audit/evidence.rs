@@ -23,15 +23,20 @@ use sha2::{Digest as _, Sha256};
 
 use super::AuditProofError;
 use super::checkpoint::{SignedCheckpoint, check_exact_note, verify_checkpoint};
+use super::cosignature::{join_note, split_note, verify_cosignatures};
 use super::entry::{AuditEntry, EntryKind};
 use super::proof::{parse_hashes, verify_inclusion};
+use super::witnesses::{WITNESSES_FILE, WitnessPolicy};
 use crate::encoding::Writer;
 use crate::envelope::Envelope;
 use crate::keys::KeyRegistry;
 use crate::messages::envelope_hash;
 
-/// The format name of version 1 bundles.
+/// The format name of version 1 bundles (the broker's signature only).
 pub const BUNDLE_FORMAT: &str = "samverkan-evidence/v1";
+/// The format name of version 2 bundles: the checkpoint also carries the
+/// witnesses' cosignatures that meet the quorum of the entry's policy.
+pub const BUNDLE_FORMAT_V2: &str = "samverkan-evidence/v2";
 /// Domain tag of the policy version hash.
 pub const TAG_POLICY_VERSION: &str = "samverkan/v1/policy-version";
 
@@ -89,6 +94,67 @@ pub struct EvidenceReport {
     pub rule_text: Option<String>,
     /// The text of the legal basis, as written in that version.
     pub legal_basis_text: Option<String>,
+    /// The witnesses (agency ids) whose cosignatures verified, sorted.
+    pub cosigners: Vec<String>,
+    /// The quorum of the entry's policy (`none` when it has no witnesses);
+    /// a bundle passes the check only if it is met.
+    pub quorum: String,
+}
+
+/// The witness policy among a bundle's policy files (none if absent: policy
+/// versions from before witnesses).
+pub fn witness_policy_of(files: &[PolicyFile]) -> Result<WitnessPolicy, AuditProofError> {
+    match files.iter().find(|f| f.path == WITNESSES_FILE) {
+        None => Ok(WitnessPolicy::none()),
+        Some(f) => WitnessPolicy::from_toml(&f.text, std::path::Path::new(WITNESSES_FILE), None)
+            .map_err(|e| {
+                AuditProofError::MalformedBundle(format!(
+                    "{}",
+                    e.first().map(|e| e.to_string()).unwrap_or_default()
+                ))
+            }),
+    }
+}
+
+/// Checks that `note` is the broker's note for `checkpoint` (text exactly as
+/// signed, the broker's signature line first) followed by one or more
+/// cosignature lines of witnesses of `policy`, sorted and each once, every
+/// one verifying. Returns the witnesses (agency ids) that cosigned.
+pub fn check_cosigned_note(
+    note: &str,
+    checkpoint: &SignedCheckpoint,
+    policy: &WitnessPolicy,
+) -> Result<Vec<String>, AuditProofError> {
+    let malformed = |m: String| AuditProofError::MalformedCheckpoint(m);
+    let (text, lines) = split_note(note)?;
+    let Some((broker, cosignatures)) = lines.split_first() else {
+        return Err(malformed("no signature line".into()));
+    };
+    check_exact_note(&join_note(&text, std::slice::from_ref(broker)), checkpoint)?;
+    if cosignatures.is_empty() {
+        return Err(malformed(
+            "a version 2 bundle's checkpoint carries cosignatures".into(),
+        ));
+    }
+    if cosignatures.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(malformed(
+            "cosignature lines must follow the broker's line sorted, each once".into(),
+        ));
+    }
+    let verified = verify_cosignatures(&join_note(&text, cosignatures), &policy.keys())?;
+    if verified.len() != cosignatures.len()
+        || verified.iter().zip(cosignatures).any(|(v, l)| v.line != *l)
+    {
+        return Err(malformed(
+            "a signature line is not a cosignature of a witness of the entry's policy".into(),
+        ));
+    }
+    let mut cosigners: Vec<String> = verified
+        .iter()
+        .filter_map(|c| policy.by_key_name(&c.name).map(|w| w.agency.clone()))
+        .collect();
+    cosigners.sort();
+    Ok(cosigners)
 }
 
 impl EvidenceBundle {
@@ -172,15 +238,20 @@ pub fn check_bundle(
             pair[0].path, pair[1].path
         )));
     }
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(malformed(format!("unknown format `{}`", bundle.format)));
-    }
+    let cosigned = match bundle.format.as_str() {
+        BUNDLE_FORMAT => false,
+        BUNDLE_FORMAT_V2 => true,
+        other => return Err(malformed(format!("unknown format `{other}`"))),
+    };
 
     // 1. The checkpoint is the broker's, exactly as the broker signed it:
-    // version 1 bundles carry no other signature line.
+    // version 1 bundles carry no other signature line (version 2 bundles'
+    // cosignatures are checked once the policy version is known, step 3).
     let checkpoint = verify_checkpoint(&bundle.checkpoint, broker_keys)?;
-    check_exact_note(&bundle.checkpoint, &checkpoint)
-        .map_err(|e| malformed(format!("checkpoint: {e}")))?;
+    if !cosigned {
+        check_exact_note(&bundle.checkpoint, &checkpoint)
+            .map_err(|e| malformed(format!("checkpoint: {e}")))?;
+    }
 
     // 2. The entry, as given, is a leaf of that tree.
     let entry = &bundle.entry;
@@ -202,6 +273,30 @@ pub fn check_bundle(
         )));
     }
     let file = |path: &str| bundle.policy_files.iter().find(|f| f.path == path);
+
+    // 3b. The witnesses of that policy cosigned the checkpoint, up to its quorum.
+    let witnesses = witness_policy_of(&bundle.policy_files)?;
+    let cosigners = if cosigned {
+        check_cosigned_note(&bundle.checkpoint, &checkpoint, &witnesses)
+            .map_err(|e| malformed(format!("checkpoint: {e}")))?
+    } else {
+        Vec::new()
+    };
+    let signed: std::collections::BTreeSet<String> = cosigners.iter().cloned().collect();
+    if !witnesses.quorum_met(&signed) {
+        let missing: Vec<&str> = witnesses
+            .witnesses()
+            .keys()
+            .filter(|w| !signed.contains(*w))
+            .map(String::as_str)
+            .collect();
+        return Err(AuditProofError::Quorum(format!(
+            "the entry's policy requires the quorum `{}`; cosigned by [{}], not by [{}]",
+            witnesses.quorum_name(),
+            cosigners.join(", "),
+            missing.join(", ")
+        )));
+    }
 
     // 4. The publisher signed the alert the entry is about.
     let mut publisher_signature_checked = false;
@@ -275,6 +370,8 @@ pub fn check_bundle(
         publisher_signature_checked,
         rule_text,
         legal_basis_text,
+        cosigners,
+        quorum: witnesses.quorum_name().to_string(),
     })
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use samverkan_broker::audit::evidence::build_bundle;
 use samverkan_broker::audit::subject::SubjectHasher;
 use samverkan_broker::audit::tree::{consistency_proof, stored_root};
-use samverkan_broker::audit::verify::verify_log;
+use samverkan_broker::audit::verify::{check_cosignatures, verify_log};
 use samverkan_broker::audit::{AuditEntry, EntryKind};
 use samverkan_broker::config::BrokerConfig;
 use samverkan_broker::store::{AuditFilter, Store};
@@ -89,7 +89,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 const CANNOT_DETECT: &str = "\
   not detectable from the database alone:
     a rollback (the newest entries removed together with their checkpoints) cannot be detected from the database alone;
-      give checkpoints the agencies kept with --checkpoint FILE to detect it
+      give checkpoints the agencies kept with --checkpoint FILE to detect it; the witnesses refuse to
+      cosign after a rollback and keep both checkpoints (samverkan admin health shows the refusals)
     the newest checkpoints removed while their entries stay (those entries then show as not yet covered)
     entries appended with correct hashes before the broker signs its next checkpoint
     a changed entry whose leaf hashes and tree were recomputed, when no record signed by the broker
@@ -121,9 +122,15 @@ pub fn verify(source: &Source, witnessed: &[PathBuf], quiet: bool) -> Result<Exi
         if shown {
             eprintln!();
         }
+        let result = match result {
+            Ok(report) => check_cosignatures(&store, &keys, &notes)
+                .await
+                .map(|witnesses| (report, witnesses)),
+            Err(e) => Err(e),
+        };
         let mut out = std::io::stdout().lock();
         match result {
-            Ok(report) => {
+            Ok((report, witnesses)) => {
                 writeln!(out, "the audit log verifies")?;
                 writeln!(out, "  entries      {} (each against its leaf hash and the Merkle tree)", report.entries)?;
                 writeln!(out, "  root         {}", hex::encode(report.root))?;
@@ -163,6 +170,30 @@ pub fn verify(source: &Source, witnessed: &[PathBuf], quiet: bool) -> Result<Exi
                         }
                     }
                     None => writeln!(out, "  no signed checkpoint yet: the entries are consistent but not yet signed")?,
+                }
+                if witnesses.quorum == "none" {
+                    writeln!(out, "  witnesses    none in the policy in force (no cosignatures required); {} stored cosignatures verified", witnesses.cosignatures)?;
+                } else {
+                    writeln!(
+                        out,
+                        "  witnesses    {} stored cosignatures verified; {} of {} checkpoints reached the quorum `{}`, the newest of them of size {}",
+                        witnesses.cosignatures,
+                        witnesses.at_quorum,
+                        witnesses.checkpoints,
+                        witnesses.quorum,
+                        witnesses.newest_at_quorum.map_or("-".to_string(), |s| s.to_string())
+                    )?;
+                    if let Some((size, signed, missing)) = &witnesses.newest {
+                        writeln!(
+                            out,
+                            "  newest       checkpoint {size} cosigned by [{}]; missing [{}]",
+                            signed.join(", "),
+                            missing.join(", ")
+                        )?;
+                    }
+                }
+                for (size, names) in &witnesses.given {
+                    writeln!(out, "  kept         checkpoint {size} cosigned by [{}]", names.join(", "))?;
                 }
                 writeln!(out, "  took         {:.1?}", started.elapsed())?;
                 writeln!(out, "{CANNOT_DETECT}")?;
@@ -388,6 +419,15 @@ pub fn check_proof(source: &Source, bundle: &Path) -> Result<ExitCode> {
                 format_ms(report.checkpoint.time_ms),
                 report.checkpoint.key_id
             );
+            if report.quorum == "none" {
+                println!("  witnesses    none required by the entry's policy");
+            } else {
+                println!(
+                    "  witnesses    cosigned by [{}]: quorum `{}` met",
+                    report.cosigners.join(", "),
+                    report.quorum
+                );
+            }
             println!(
                 "  publisher    {}",
                 if report.publisher_signature_checked {

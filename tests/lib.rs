@@ -815,3 +815,213 @@ impl TestBroker {
         (pki.supervisor_cert(), pki.supervisor_key())
     }
 }
+
+/// The `samverkan-client` binary of this build.
+pub fn client_binary() -> PathBuf {
+    let path = samverkan_binary().with_file_name("samverkan-client");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p samverkan-sdk)",
+        path.display()
+    );
+    path
+}
+
+impl BrokerProcess {
+    /// The working directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A second broker with this one's PKI, keys and policy set (copied now)
+    /// but its own ports and database: the same log key over a different
+    /// history, as an operator forking the log would run it.
+    pub fn sibling(&self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(
+            &self.dir.path().join("certs-dev"),
+            &dir.path().join("certs-dev"),
+        );
+        copy_dir(
+            &self.dir.path().join("policies"),
+            &dir.path().join("policies"),
+        );
+        let port = free_port();
+        let admin_port = free_port();
+        let store_url = format!("sqlite://{}", dir.path().join("samverkan.db").display());
+        let config = std::fs::read_to_string(self.dir.path().join("samverkan.toml"))
+            .unwrap()
+            .replace(
+                &format!("127.0.0.1:{}", self.port),
+                &format!("127.0.0.1:{port}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.admin_port),
+                &format!("127.0.0.1:{admin_port}"),
+            )
+            .replace(&self.store_url, &store_url);
+        std::fs::write(dir.path().join("samverkan.toml"), config).unwrap();
+        let log = dir.path().join("broker.log");
+        Self {
+            dir,
+            port,
+            admin_port,
+            store_url,
+            child: None,
+            log,
+        }
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin_port))
+    }
+
+    /// `GET /health` as JSON.
+    pub async fn health(&self) -> serde_json::Value {
+        let (_, body) = admin_request(self.admin_addr(), "GET", "/health").await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("health is not JSON ({e}): {body}"))
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        admin_request(self.admin_addr(), "GET", "/metrics").await.1
+    }
+}
+
+/// An agency's `samverkan-client witness` process.
+pub struct WitnessProcess {
+    /// The agency.
+    pub agency: String,
+    /// Its state file.
+    pub state: PathBuf,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl WitnessProcess {
+    /// Makes a new witness state for `agency` in `dir`; returns the process
+    /// (not started) and its `[[witness]]` entry for witnesses.toml.
+    pub fn init(dir: &Path, agency: &str) -> (Self, String) {
+        let state = dir.join(format!(
+            "witness-{agency}-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let entry = Self::init_state(dir, agency, &state);
+        let log = dir.join(format!("witness-{agency}.log"));
+        (
+            Self {
+                agency: agency.to_string(),
+                state,
+                child: None,
+                log,
+            },
+            entry,
+        )
+    }
+
+    /// Runs `witness --init` for an existing process's state path.
+    pub fn init_state(dir: &Path, agency: &str, state: &Path) -> String {
+        let output = std::process::Command::new(client_binary())
+            .args(["witness", "--agency", agency, "--init", "--state"])
+            .arg(state)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "witness --init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The command for this witness against a broker at `port` with the PKI in `dir`.
+    fn command(&self, dir: &Path, port: u16) -> std::process::Command {
+        let mut command = std::process::Command::new(client_binary());
+        command
+            .args(["witness", "--agency", &self.agency, "--broker"])
+            .arg(format!("localhost:{port}"))
+            .arg("--certs")
+            .arg(dir.join("certs-dev"))
+            .arg("--keys")
+            .arg(dir.join("policies/keys.toml"))
+            .arg("--state")
+            .arg(&self.state)
+            .current_dir(dir);
+        command
+    }
+
+    /// Starts the witness against `broker`.
+    pub fn start(&mut self, broker: &BrokerProcess) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command(broker.path(), broker.port)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Runs the witness in the foreground against `broker` and returns how it
+    /// ended (for a witness that must refuse to start).
+    pub fn run_to_end(&self, broker: &BrokerProcess) -> std::process::Output {
+        self.command(broker.path(), broker.port).output().unwrap()
+    }
+
+    /// `--evidence`: (exit code, the conflicts as JSON).
+    pub fn evidence(&self, dir: &Path) -> (i32, Vec<serde_json::Value>) {
+        let output = std::process::Command::new(client_binary())
+            .args(["witness", "--agency", &self.agency, "--evidence", "--state"])
+            .arg(&self.state)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let conflicts = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (output.status.code().unwrap_or(-1), conflicts)
+    }
+
+    /// Kills the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes a witnesses.toml with `entries` and a quorum of `threshold` of them.
+pub fn write_witnesses(policies: &Path, entries: &[String], threshold: &str) {
+    let members: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("agency = ")))
+        .map(str::to_string)
+        .collect();
+    let text = format!(
+        "quorum = \"agencies\"\n\n{}\n[[group]]\nname = \"agencies\"\nthreshold = {threshold}\nmembers = [{}]\n",
+        entries.join("\n"),
+        members.join(", ")
+    );
+    std::fs::write(policies.join("witnesses.toml"), text).unwrap();
+}

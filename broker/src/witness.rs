@@ -201,8 +201,10 @@ struct InFlight {
 struct Peer {
     key: WitnessKey,
     vkey: String,
-    /// The size it last cosigned (from the store at first, then its answers).
+    /// The size its state is at (from the store at first, then its answers).
     known: Option<u64>,
+    /// The size of the newest checkpoint whose cosignature from it is stored.
+    cosigned: Option<u64>,
     loaded: bool,
     in_flight: Option<InFlight>,
     next_try: Instant,
@@ -311,6 +313,7 @@ impl Coordinator {
                 key: key.clone(),
                 vkey: vkey.clone(),
                 known: None,
+                cosigned: None,
                 loaded: false,
                 in_flight: None,
                 next_try: now,
@@ -385,13 +388,14 @@ impl Coordinator {
                 });
                 continue;
             }
-            if now < peer.next_try || peer.known == Some(head.size) {
+            if now < peer.next_try || peer.cosigned == Some(head.size) {
                 continue;
             }
             if !peer.loaded {
                 match self.store.last_cosigned(&peer.vkey).await {
                     Ok(known) => {
                         peer.known = known;
+                        peer.cosigned = known;
                         peer.loaded = true;
                         let known = peer.known;
                         self.update_row(&agency, |row, _| row.cosigned_size = known);
@@ -497,6 +501,7 @@ impl Coordinator {
                 match verify_answer(&head.note, &lines, &key) {
                     Ok(line) => {
                         peer.known = Some(head.size);
+                        peer.cosigned = Some(head.size);
                         peer.pause = RETRY.0;
                         peer.resends = 0;
                         self.metrics

@@ -17,3 +17,4 @@ mod reload;
 mod replay;
 mod third_party;
 mod tls;
+mod witness;

@@ -276,3 +276,6 @@ impl Witness {
         Ok(Observation::Consistent)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,9 +8,9 @@
 //! a new state comes only with a new key (`samverkan-client witness init`),
 //! which the federation must put into `witnesses.toml` before it counts.
 //!
-//! The file is opened with an exclusive lock, so two witness processes
-//! never share one state; the size check and the store of a new checkpoint
-//! happen in one statement, so no request can roll the state back.
+//! The size check and the store of a new checkpoint happen in one
+//! statement, so no request, and no second process on the same file, can
+//! roll the state back; `--evidence` reads the file while the witness runs.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,8 +18,7 @@ use std::str::FromStr;
 use ed25519_dalek::SigningKey;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use thiserror::Error;
 
@@ -37,7 +36,7 @@ pub enum StateError {
     /// The state file exists already (init refuses to overwrite it).
     #[error("{0}: a witness state exists already; it is never overwritten")]
     Exists(String),
-    /// SQLite failed (including: another process holds the state).
+    /// SQLite failed.
     #[error("witness state: {0}")]
     Database(#[from] sqlx::Error),
     /// The file could not be created.
@@ -134,8 +133,7 @@ async fn connect(path: &Path, create: bool) -> Result<SqlitePool, StateError> {
         .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .locking_mode(SqliteLockingMode::Exclusive)
-        .busy_timeout(std::time::Duration::from_millis(200));
+        .busy_timeout(std::time::Duration::from_secs(5));
     Ok(SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)

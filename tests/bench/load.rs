@@ -55,6 +55,11 @@ pub struct Counters {
     pub delivery_latency: Latency,
     /// Refusals by code.
     pub refusals: Mutex<HashMap<String, u64>>,
+    /// Accepted alerts whose entries no checkpoint at quorum covers yet:
+    /// (largest audit index, when the receipt arrived).
+    pub awaiting_quorum: Mutex<Vec<(u64, Instant)>>,
+    /// Receipt → the first checkpoint at the witness quorum that covers its entries.
+    pub quorum_latency: Latency,
 }
 
 /// A client over mutual TLS with an agency's development certificate.
@@ -228,6 +233,17 @@ pub async fn samverkan_publisher(
                             .flatten();
                         if let Some(at) = at {
                             counters.receipt_latency.record(at.elapsed());
+                            let last_entry = receipt
+                                .shares
+                                .iter()
+                                .map(|s| s.audit_index)
+                                .chain(receipt.denials.iter().map(|d| d.audit_index))
+                                .max();
+                            if let (Some(index), Ok(mut awaiting)) =
+                                (last_entry, counters.awaiting_quorum.lock())
+                            {
+                                awaiting.push((index, Instant::now()));
+                            }
                             if receipt.status == ReceiptStatus::Accepted {
                                 counters.accepted.fetch_add(1, Ordering::Relaxed);
                             } else {
@@ -495,4 +511,50 @@ pub async fn idle_connections(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(connected.load(Ordering::Relaxed) as usize)
+}
+
+/// Follows the checkpoints the broker publishes once they reach the witness
+/// quorum (as `agency`), and records for every receipt how long after it the
+/// first such checkpoint covering its entries arrived.
+pub async fn quorum_watcher(
+    certs: std::path::PathBuf,
+    port: u16,
+    agency: &'static str,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) -> Result<()> {
+    let (client, mut eventloop) = client(options(&certs, agency, port, "bench-quorum")?);
+    client
+        .subscribe(topics::cosigned_checkpoint(agency), QoS::AtLeastOnce)
+        .await?;
+    while !stop.load(Ordering::Relaxed) {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // The size is the note's second line (the bench does not
+                // verify: the witnesses and the broker did).
+                let size = std::str::from_utf8(&p.payload)
+                    .ok()
+                    .and_then(|t| t.lines().nth(1))
+                    .and_then(|l| l.parse::<u64>().ok());
+                let (Some(size), Ok(mut awaiting)) = (size, counters.awaiting_quorum.lock()) else {
+                    continue;
+                };
+                let now = Instant::now();
+                awaiting.retain(|(index, at)| {
+                    if *index < size {
+                        counters.quorum_latency.record(now.duration_since(*at));
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                counters.connection_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(())
 }

@@ -75,6 +75,10 @@ struct RunArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Witnesses run (Samverkan only): the first N agencies each run one in
+    /// this process, the quorum is a majority; 0 = no witnessing.
+    #[arg(long, default_value_t = 0)]
+    witnesses: usize,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +133,12 @@ pub struct Report {
     broker: Option<Internals>,
     /// Every ten seconds: throughput, CPU and memory (a soak's trend).
     timeline: Vec<TimelinePoint>,
+    /// Witnesses run (0: witnessing off).
+    witnesses: usize,
+    /// Receipt → the first checkpoint at the witness quorum covering the share.
+    quorum_latency: Option<LatencySummary>,
+    /// Receipts still waiting for a checkpoint at quorum when the run ended.
+    awaiting_quorum_at_end: usize,
 }
 
 /// Seconds between timeline points.
@@ -148,7 +158,12 @@ async fn run(args: RunArgs) -> Result<Report> {
         BackendArg::Sqlite => Backend::Sqlite,
         BackendArg::Postgres => Backend::Postgres,
     };
-    let mut server = targets::start(args.target, backend).await?;
+    let witnesses = if args.target == Target::Samverkan {
+        args.witnesses.min(targets::WITNESS_AGENCIES.len())
+    } else {
+        0
+    };
+    let mut server = targets::start(args.target, backend, witnesses).await?;
     let pid = server.child.id();
     let certs = server.certs();
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,6 +190,24 @@ async fn run(args: RunArgs) -> Result<Report> {
     };
 
     let mut tasks = Vec::new();
+    let mut witness_tasks = Vec::new();
+    if witnesses > 0 {
+        witness_tasks.extend(
+            targets::run_witnesses(server.dir.path(), server.port, witnesses, stop.clone()).await?,
+        );
+        let watcher = tokio::spawn(load::quorum_watcher(
+            certs.clone(),
+            server.port,
+            "norrkoping",
+            stop.clone(),
+            counters.clone(),
+        ));
+        witness_tasks.push(tokio::spawn(async move {
+            if let Ok(Err(e)) = watcher.await {
+                eprintln!("quorum watcher: {e:#}");
+            }
+        }));
+    }
     match args.target {
         Target::Samverkan => {
             for r in receivers {
@@ -239,6 +272,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     counters.receipt_latency.reset();
     counters.delivery_latency.reset();
+    counters.quorum_latency.reset();
     let start = stats::sample(pid).unwrap_or_default();
     let (sent0, acc0, del0) = (
         counters.sent.load(Ordering::Relaxed),
@@ -288,6 +322,9 @@ async fn run(args: RunArgs) -> Result<Report> {
     for t in tasks {
         t.abort();
     }
+    for t in witness_tasks {
+        t.abort();
+    }
     let sent = counters.sent.load(Ordering::Relaxed);
     let answered =
         counters.accepted.load(Ordering::Relaxed) + counters.rejected.load(Ordering::Relaxed);
@@ -327,6 +364,13 @@ async fn run(args: RunArgs) -> Result<Report> {
             .unwrap_or_default(),
         broker: internals,
         timeline,
+        witnesses,
+        quorum_latency: (witnesses > 0).then(|| counters.quorum_latency.summary()),
+        awaiting_quorum_at_end: counters
+            .awaiting_quorum
+            .lock()
+            .map(|a| a.len())
+            .unwrap_or(0),
     })
 }
 
@@ -337,6 +381,12 @@ pub struct Internals {
     mean_batch_messages: f64,
     mean_commit_ms: f64,
     failed_commits: f64,
+    /// Cosignature rounds (request → verified cosignature) and their mean.
+    witness_rounds: f64,
+    mean_witness_round_ms: f64,
+    /// Checkpoints that reached the quorum, and the mean time from signing.
+    quorum_checkpoints: f64,
+    mean_sign_to_quorum_ms: f64,
 }
 
 async fn broker_internals(port: u16) -> Option<Internals> {
@@ -355,6 +405,17 @@ async fn broker_internals(port: u16) -> Option<Internals> {
         mean_batch_messages: value("samverkan_batch_size_sum")? / batches.max(1.0),
         mean_commit_ms: 1000.0 * value("samverkan_commit_seconds_sum")? / commits.max(1.0),
         failed_commits: value("samverkan_failed_commits_total").unwrap_or(0.0),
+        witness_rounds: value("samverkan_witness_round_seconds_count").unwrap_or(0.0),
+        mean_witness_round_ms: 1000.0 * value("samverkan_witness_round_seconds_sum").unwrap_or(0.0)
+            / value("samverkan_witness_round_seconds_count")
+                .unwrap_or(0.0)
+                .max(1.0),
+        quorum_checkpoints: value("samverkan_witness_quorum_seconds_count").unwrap_or(0.0),
+        mean_sign_to_quorum_ms: 1000.0
+            * value("samverkan_witness_quorum_seconds_sum").unwrap_or(0.0)
+            / value("samverkan_witness_quorum_seconds_count")
+                .unwrap_or(0.0)
+                .max(1.0),
     })
 }
 
@@ -387,6 +448,17 @@ fn print(report: &Report) {
             l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
         );
     }
+    if let Some(l) = &report.quorum_latency {
+        println!(
+            "  → quorum     p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} witnesses; receipt → covering checkpoint at quorum; {} still waiting at the end)",
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            report.witnesses,
+            report.awaiting_quorum_at_end
+        );
+    }
     let l = &report.delivery_latency;
     println!(
         "  → delivery   p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
@@ -416,6 +488,15 @@ fn print(report: &Report) {
                 String::new()
             }
         );
+        if b.witness_rounds > 0.0 {
+            println!(
+                "  witnesses    {:.0} cosignature rounds, {:.2} ms each on average; {:.0} checkpoints at quorum, {:.1} ms from signing on average",
+                b.witness_rounds,
+                b.mean_witness_round_ms,
+                b.quorum_checkpoints,
+                b.mean_sign_to_quorum_ms
+            );
+        }
     }
     if report.timeline.len() >= 3 {
         let rss: Vec<String> = report
@@ -476,6 +557,7 @@ async fn main() -> Result<()> {
         }
         Command::Compare { duration, json } => {
             let base = RunArgs {
+                witnesses: 0,
                 target: Target::Samverkan,
                 backend: BackendArg::Sqlite,
                 shape: Shape::Mixed,
@@ -502,6 +584,13 @@ async fn main() -> Result<()> {
                     shape: Shape::Mixed,
                     rate: 1000,
                     idle: 1000,
+                    ..base.clone()
+                },
+                // The same rate with every agency witnessing: time to quorum.
+                RunArgs {
+                    shape: Shape::Mixed,
+                    rate: 1000,
+                    witnesses: 7,
                     ..base.clone()
                 },
             ];

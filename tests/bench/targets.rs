@@ -103,7 +103,7 @@ async fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
 }
 
 /// Starts a server of `target`.
-pub async fn start(target: Target, backend: Backend) -> Result<Server> {
+pub async fn start(target: Target, backend: Backend, witnesses: usize) -> Result<Server> {
     let dir = prepare_dir();
     let port = free_port();
     let log = dir.path().join("server.log");
@@ -117,6 +117,9 @@ pub async fn start(target: Target, backend: Backend) -> Result<Server> {
                 dir.path().join("policies/limits.toml"),
                 "[default]\npublish_per_second = 1000000\npublish_burst = 1000000\n",
             )?;
+            if witnesses > 0 {
+                write_witness_policy(dir.path(), witnesses).await?;
+            }
             let db = TestDatabase::new(backend, dir.path()).await;
             let admin = free_port();
             admin_port = Some(admin);
@@ -222,4 +225,89 @@ pub fn serve_rumqttd(port: u16, certs: &Path) -> Result<()> {
     let mut broker = rumqttd::Broker::new(config);
     broker.start().context("rumqttd stopped")?;
     bail!("rumqttd stopped")
+}
+
+/// The agencies whose witnesses the benchmark runs, in order.
+pub const WITNESS_AGENCIES: [&str; 7] = [
+    "polisen",
+    "skatteverket",
+    "kronofogden",
+    "forsakringskassan",
+    "linkoping",
+    "norrkoping",
+    "akrimost",
+];
+
+/// Makes a witness state for each of the first `n` agencies (in the
+/// server's directory) and a policy whose quorum is a majority of them.
+async fn write_witness_policy(dir: &Path, n: usize) -> Result<()> {
+    use samverkan_sdk::witness::{WitnessState, default_key_name};
+    let mut entries = Vec::new();
+    for agency in WITNESS_AGENCIES.iter().take(n) {
+        let state = WitnessState::create(
+            &dir.join(format!("witness-{agency}.db")),
+            &default_key_name(agency),
+            "samverkan-dev/audit",
+        )
+        .await?;
+        let key = samverkan_sdk::audit::cosignature::WitnessKey {
+            name: default_key_name(agency),
+            public_key: state.identity().await?.key.verifying_key(),
+        };
+        state.close().await;
+        entries.push(format!(
+            "[[witness]]\nagency = \"{agency}\"\nkey = \"{}\"\n",
+            key.vkey()
+        ));
+    }
+    let members: Vec<String> = WITNESS_AGENCIES
+        .iter()
+        .take(n)
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    std::fs::write(
+        dir.join("policies/witnesses.toml"),
+        format!(
+            "quorum = \"agencies\"\n\n{}\n[[group]]\nname = \"agencies\"\nthreshold = {}\nmembers = [{}]\n",
+            entries.join("\n"),
+            n / 2 + 1,
+            members.join(", ")
+        ),
+    )?;
+    Ok(())
+}
+
+/// Runs the witnesses made by [`start`] in this process, over their own
+/// MQTT connections, until `stop` is set.
+pub async fn run_witnesses(
+    dir: &Path,
+    port: u16,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    use samverkan_sdk::witness::{Witness, WitnessState, service};
+    let mut tasks = Vec::new();
+    for agency in WITNESS_AGENCIES.iter().take(n) {
+        let state = WitnessState::open(&dir.join(format!("witness-{agency}.db"))).await?;
+        let config = samverkan_sdk::client::AgencyConfig::from_dev_pki(
+            &dir.join("certs-dev"),
+            &dir.join("policies/keys.toml"),
+            agency,
+            "localhost",
+            port,
+        )?;
+        let witness = Witness::new(state, config.broker_keys.clone()).await?;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            };
+            if let Err(e) = service::run(&witness, &config, stopped).await {
+                eprintln!("witness: {e}");
+            }
+        }));
+    }
+    Ok(tasks)
 }

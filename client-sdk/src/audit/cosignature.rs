@@ -289,13 +289,16 @@ mod tests {
             public_key: key.verifying_key(),
         };
         let line = cosign(&witness.name, &key, TEXT.as_bytes(), 1_679_315_147);
-        let note = join_note(TEXT, &[line.clone()]);
+        let note = join_note(TEXT, std::slice::from_ref(&line));
         let found = verify_cosignatures(&note, std::slice::from_ref(&witness)).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].timestamp, 1_679_315_147);
         assert_eq!(found[0].line, line);
         // Another text, another key: no longer the witness's.
-        let other = join_note(&TEXT.replace("20852163", "20852164"), &[line.clone()]);
+        let other = join_note(
+            &TEXT.replace("20852163", "20852164"),
+            std::slice::from_ref(&line),
+        );
         assert!(verify_cosignatures(&other, std::slice::from_ref(&witness)).is_err());
         let stranger = WitnessKey {
             name: witness.name.clone(),

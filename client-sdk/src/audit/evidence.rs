@@ -108,10 +108,9 @@ pub fn witness_policy_of(files: &[PolicyFile]) -> Result<WitnessPolicy, AuditPro
         None => Ok(WitnessPolicy::none()),
         Some(f) => WitnessPolicy::from_toml(&f.text, std::path::Path::new(WITNESSES_FILE), None)
             .map_err(|e| {
-                AuditProofError::MalformedBundle(format!(
-                    "{}",
-                    e.first().map(|e| e.to_string()).unwrap_or_default()
-                ))
+                AuditProofError::MalformedBundle(
+                    e.first().map(|e| e.to_string()).unwrap_or_default(),
+                )
             }),
     }
 }

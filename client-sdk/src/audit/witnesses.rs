@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn mistakes_name_their_line() {
         let cases = [
-            (format!("quorum = \"x\"\n"), 1, "not a witness or group"),
+            ("quorum = \"x\"\n".to_string(), 1, "not a witness or group"),
             (
                 format!("quorum = \"none\"\n[[witness]]\nagency = \"zz\"\nkey = \"{}\"\n", vkey("zz", 1)),
                 3,

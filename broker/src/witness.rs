@@ -683,3 +683,108 @@ pub fn cosigned_note(note: &str, mut cosignatures: Vec<String>) -> Result<String
     lines.extend(cosignatures);
     Ok(join_note(&text, &lines))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use samverkan_sdk::audit::checkpoint::sign_checkpoint;
+    use samverkan_sdk::audit::cosignature::cosign;
+
+    fn witness(seed: u8, name: &str) -> (SigningKey, WitnessKey) {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let public = WitnessKey {
+            name: name.into(),
+            public_key: key.verifying_key(),
+        };
+        (key, public)
+    }
+
+    #[test]
+    fn answers_are_verified_and_cosigned_notes_are_sorted() {
+        let note = sign_checkpoint(
+            "o/log",
+            3,
+            &[1; 32],
+            1_000,
+            None,
+            &SigningKey::from_bytes(&[9; 32]),
+        )
+        .unwrap();
+        let (text, broker) = split_note(&note).unwrap();
+        let (ka, a) = witness(1, "w/a");
+        let (kb, b) = witness(2, "w/b");
+        let line_a = cosign(&a.name, &ka, text.as_bytes(), 5);
+        let line_b = cosign(&b.name, &kb, text.as_bytes(), 6);
+        assert_eq!(verify_answer(&note, &line_a, &a).unwrap(), line_a);
+        // Another witness's line, or a line over another text, is not a's.
+        assert!(verify_answer(&note, &line_b, &a).is_err());
+        let other = cosign(&a.name, &ka, b"o/log\n4\nAAAA\n", 5);
+        assert!(verify_answer(&note, &other, &a).is_err());
+        assert!(verify_answer(&note, "not a line", &a).is_err());
+        // Broker line first, then the cosignatures sorted, each once.
+        let cosigned =
+            cosigned_note(&note, vec![line_b.clone(), line_a.clone(), line_a.clone()]).unwrap();
+        let (_, lines) = split_note(&cosigned).unwrap();
+        assert_eq!(lines, vec![broker[0].clone(), line_a, line_b]);
+    }
+
+    #[test]
+    fn health_reports_witnesses_behind_and_conflicts() {
+        let board = WitnessBoard::default();
+        let long_ago = Instant::now() - BEHIND_GRACE * 2;
+        board.with(|b| {
+            b.quorum = "agencies".into();
+            b.newest = Some((10, long_ago));
+            b.newest_quorum = Some((8, long_ago));
+            for (agency, size, conflict) in [
+                ("a", 10, None),
+                ("b", 8, None),
+                ("c", 12, Some("rolled back")),
+            ] {
+                b.rows.insert(
+                    agency.to_string(),
+                    (
+                        WitnessRow {
+                            agency: agency.into(),
+                            key: String::new(),
+                            cosigned_size: Some(size),
+                            lag_entries: 0,
+                            behind_seconds: None,
+                            last_error: None,
+                            conflict: conflict.map(str::to_string),
+                        },
+                        (size != 10).then_some(long_ago),
+                    ),
+                );
+            }
+        });
+        let health = board.health();
+        assert!(!health.ok());
+        assert_eq!(health.problems.len(), 3, "{:?}", health.problems);
+        assert!(
+            health
+                .problems
+                .iter()
+                .any(|p| p.contains("witness b has not cosigned checkpoint 10"))
+        );
+        assert!(
+            health
+                .problems
+                .iter()
+                .any(|p| p.contains("witness c: rolled back"))
+        );
+        assert!(
+            health
+                .problems
+                .iter()
+                .any(|p| p.contains("checkpoint 10 has not reached"))
+        );
+        assert_eq!(health.witnesses[1].lag_entries, 2);
+        board.with(|b| {
+            b.newest_quorum = Some((10, Instant::now()));
+            b.rows.retain(|a, _| a == "a");
+        });
+        assert!(board.health().ok());
+    }
+}

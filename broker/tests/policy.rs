@@ -552,3 +552,62 @@ fn the_publisher_is_neither_shared_nor_denied_unless_it_addresses_itself() {
     assert_eq!(d.denials.len(), 1);
     assert_eq!(d.denials[0].reason, DenialReason::SelfAddressed);
 }
+
+#[test]
+fn witnesses_toml_is_checked_with_file_and_line_and_is_part_of_the_version() {
+    use ed25519_dalek::SigningKey;
+    use samverkan_sdk::audit::cosignature::WitnessKey;
+    let shipped_set = load();
+    assert!(!shipped_set.witnesses().requires_cosignatures());
+    let key = |seed: u8| {
+        WitnessKey {
+            name: "samverkan/polisen/witness".into(),
+            public_key: SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+        }
+        .vkey()
+    };
+    // A valid quorum of one witness: loaded, and a new version.
+    let dir = copy();
+    std::fs::write(
+        dir.path().join("witnesses.toml"),
+        format!(
+            "quorum = \"polisen\"\n\n[[witness]]\nagency = \"polisen\"\nkey = \"{}\"\n",
+            key(1)
+        ),
+    )
+    .unwrap();
+    let set = PolicySet::load(dir.path()).unwrap();
+    assert!(set.witnesses().requires_cosignatures());
+    assert_eq!(set.witnesses().witnesses().len(), 1);
+    assert_ne!(set.version(), shipped_set.version());
+    // An unknown agency and an unknown quorum: each named with its line.
+    std::fs::write(
+        dir.path().join("witnesses.toml"),
+        format!(
+            "quorum = \"everyone\"\n\n[[witness]]\nagency = \"nobody\"\nkey = \"{}\"\n",
+            key(1)
+        ),
+    )
+    .unwrap();
+    let errors = errors_of(dir.path());
+    let file = dir.path().join("witnesses.toml").display().to_string();
+    assert!(
+        errors.iter().any(
+            |e| e.starts_with(&format!("{file}:4:")) && e.contains("`nobody` is not an agency")
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{file}:1:")) && e.contains("quorum `everyone`")),
+        "{errors:?}"
+    );
+    // The file is required: without it the set is refused.
+    std::fs::remove_file(dir.path().join("witnesses.toml")).unwrap();
+    assert!(
+        errors_of(dir.path())
+            .iter()
+            .any(|e| e.contains("witnesses.toml") && e.contains("cannot read"))
+    );
+}

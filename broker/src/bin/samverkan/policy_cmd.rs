@@ -35,6 +35,20 @@ pub fn check(dir: &Path) -> Result<ExitCode> {
         list(set.agencies().keys().map(String::as_str).collect())
     );
     println!("  signing keys {} ({revoked} revoked)", set.keys().len());
+    let witnesses = set.witnesses();
+    println!(
+        "  witnesses    {}{}; quorum `{}`",
+        witnesses.witnesses().len(),
+        if witnesses.witnesses().is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                list(witnesses.witnesses().keys().map(String::as_str).collect())
+            )
+        },
+        witnesses.quorum_name()
+    );
     println!(
         "  legal bases  {}: {}",
         set.legal_bases().len(),

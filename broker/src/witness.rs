@@ -226,6 +226,33 @@ pub struct Coordinator {
     published: u64,
     nonce: String,
     counter: u64,
+    /// Verified cosignatures on their way to the store (written off the
+    /// path from answer to quorum: the database's single writer is busy
+    /// with the router's commits).
+    writer: Option<mpsc::Sender<StoredCosignature>>,
+    /// The consistency proofs of the newest checkpoint, by old size.
+    proofs: Option<(u64, BTreeMap<u64, Vec<[u8; 32]>>)>,
+}
+
+/// Cosignatures waiting to be stored; beyond this the coordinator waits.
+const STORE_QUEUE: usize = 4096;
+
+/// Writes cosignatures as they come, in batches, until the channel closes.
+async fn store_cosignatures(store: Store, mut rx: mpsc::Receiver<StoredCosignature>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        // A failed write is tried again with the next batch, a few times.
+        for attempt in 0..5u32 {
+            match store.insert_cosignatures(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(error = %e, attempt, rows = batch.len(), "cosignatures could not be stored yet");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        batch.clear();
+    }
 }
 
 impl Coordinator {
@@ -251,6 +278,8 @@ impl Coordinator {
             published: 0,
             nonce: hex::encode(nonce),
             counter: 0,
+            writer: None,
+            proofs: None,
         }
     }
 
@@ -261,6 +290,9 @@ impl Coordinator {
         mut answers: mpsc::Receiver<WitnessAnswer>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let (writer, rx) = mpsc::channel(STORE_QUEUE);
+        let store_task = tokio::spawn(store_cosignatures(self.store.clone(), rx));
+        self.writer = Some(writer);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -283,6 +315,9 @@ impl Coordinator {
                 _ = tick.tick() => self.dispatch().await,
             }
         }
+        // What was verified is stored before the task ends.
+        self.writer = None;
+        let _ = store_task.await;
     }
 
     fn new_head(&mut self, head: Arc<SignedHead>) {
@@ -430,8 +465,30 @@ impl Coordinator {
             self.update_row(agency, |row, _| row.conflict = Some(conflict));
             Vec::new()
         } else {
-            match consistency_proof(&self.store, head.size, old).await {
-                Ok(p) => p,
+            // Witnesses that are in step share one proof per checkpoint.
+            let cached = self
+                .proofs
+                .as_ref()
+                .filter(|(size, _)| *size == head.size)
+                .and_then(|(_, by_old)| by_old.get(&old).cloned());
+            let computed = match cached {
+                Some(p) => Ok(p),
+                None => consistency_proof(&self.store, head.size, old).await,
+            };
+            match computed {
+                Ok(p) => {
+                    if self
+                        .proofs
+                        .as_ref()
+                        .is_none_or(|(size, _)| *size != head.size)
+                    {
+                        self.proofs = Some((head.size, BTreeMap::new()));
+                    }
+                    if let Some((_, by_old)) = self.proofs.as_mut() {
+                        by_old.insert(old, p.clone());
+                    }
+                    p
+                }
                 Err(e) => {
                     warn!(witness = agency, error = %e, "no consistency proof; asked again later");
                     if let Some(peer) = self.peers.get_mut(agency) {
@@ -528,9 +585,10 @@ impl Coordinator {
                             line: line.clone(),
                             at_ms: samverkan_sdk::time::now_ms(),
                         };
-                        if let Err(e) = self.store.insert_cosignature(&stored).await {
-                            error!(witness = agency, error = %e, "a cosignature could not be stored");
-                            return;
+                        if let Some(writer) = &self.writer
+                            && writer.send(stored).await.is_err()
+                        {
+                            error!(witness = agency, "the cosignature store has stopped");
                         }
                         self.count(head, &agency, line).await;
                     }

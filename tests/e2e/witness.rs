@@ -84,6 +84,24 @@ fn broker_keys(broker: &BrokerProcess) -> KeyRegistry {
     KeyRegistry::from_toml(&std::fs::read_to_string(&path).unwrap(), &path).unwrap()
 }
 
+/// `audit prove` until it succeeds (at most 5 s: cosignatures are stored
+/// just after the checkpoint reached the quorum).
+async fn prove_ok(broker: &BrokerProcess, index: u64) -> std::path::PathBuf {
+    let mut last = None;
+    for _ in 0..50 {
+        let (output, bundle) = prove(broker, index);
+        if output.status.success() {
+            return bundle;
+        }
+        last = Some(output);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "audit prove {index} failed: {:?}",
+        last.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+}
+
 fn prove(broker: &BrokerProcess, index: u64) -> (std::process::Output, std::path::PathBuf) {
     let out = broker.path().join(format!("evidence-{index}.json"));
     let output = broker.samverkan(&[
@@ -163,12 +181,7 @@ async fn every_checkpoint_reaches_the_quorum_and_evidence_carries_the_cosignatur
 
     // Evidence for a share made afterwards checks with the cosignatures.
     let index = *indices.last().unwrap();
-    let (output, bundle) = prove(&broker, index);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let bundle = prove_ok(&broker, index).await;
     let bytes = std::fs::read(&bundle).unwrap();
     assert!(String::from_utf8_lossy(&bytes).contains("samverkan-evidence/v2"));
     let report =
@@ -292,12 +305,7 @@ async fn an_offline_witness_catches_up_and_the_quorum_returns() {
     })
     .await;
     assert!(witnessing(&health)["problems"].is_null(), "{health}");
-    let (output, bundle) = prove(&broker, *indices.last().unwrap());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let bundle = prove_ok(&broker, *indices.last().unwrap()).await;
     let report = samverkan_sdk::audit::evidence::check_bundle(
         &std::fs::read(bundle).unwrap(),
         &broker_keys(&broker),

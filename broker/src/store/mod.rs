@@ -833,16 +833,21 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a witness's cosignature of the checkpoint of `size` (once per key).
-    pub async fn insert_cosignature(&self, c: &StoredCosignature) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO cosignatures (size, witness, vkey, line, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size, vkey) DO NOTHING")
-            .bind(to_i64(c.size))
-            .bind(c.witness.clone())
-            .bind(c.vkey.clone())
-            .bind(c.line.clone())
-            .bind(c.at_ms)
-            .execute(&self.pool)
-            .await?;
+    /// Stores witnesses' cosignatures (each once per checkpoint and key), in
+    /// one transaction.
+    pub async fn insert_cosignatures(&self, rows: &[StoredCosignature]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for c in rows {
+            sqlx::query("INSERT INTO cosignatures (size, witness, vkey, line, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size, vkey) DO NOTHING")
+                .bind(to_i64(c.size))
+                .bind(c.witness.clone())
+                .bind(c.vkey.clone())
+                .bind(c.line.clone())
+                .bind(c.at_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

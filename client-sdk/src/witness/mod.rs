@@ -264,6 +264,16 @@ impl Witness {
         {
             return Ok(Observation::Conflict(conflict));
         }
+        // One it cosigned itself (the usual case) is in its history already.
+        let own = self
+            .state
+            .cosigned_at(offered.size)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some_and(|h| h.root == offered.root);
+        if own {
+            return Ok(Observation::Consistent);
+        }
         self.state
             .remember_seen(&Held {
                 size: offered.size,

@@ -271,21 +271,22 @@ impl WitnessState {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Remembers a checkpoint the broker published, for later cross-checks.
+    /// Remembers a checkpoint the broker published, for later cross-checks
+    /// (the oldest beyond the newest [`SEEN_KEPT`] are dropped now and then).
     pub async fn remember_seen(&self, checkpoint: &Held) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO seen (size, root, time_ms, note) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(to_i64(checkpoint.size))
             .bind(checkpoint.root.to_vec())
             .bind(checkpoint.time_ms)
             .bind(&checkpoint.note)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM seen WHERE size < (SELECT size FROM seen ORDER BY size DESC LIMIT 1 OFFSET ?)")
-            .bind(SEEN_KEPT)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        if checkpoint.size % 64 == 0 {
+            sqlx::query("DELETE FROM seen WHERE size < (SELECT size FROM seen ORDER BY size DESC LIMIT 1 OFFSET ?)")
+                .bind(SEEN_KEPT)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 

@@ -272,7 +272,7 @@ impl WitnessState {
     }
 
     /// Remembers a checkpoint the broker published, for later cross-checks
-    /// (the oldest beyond the newest [`SEEN_KEPT`] are dropped now and then).
+    /// (the oldest beyond the newest 10,000 are dropped now and then).
     pub async fn remember_seen(&self, checkpoint: &Held) -> Result<(), StateError> {
         sqlx::query("INSERT INTO seen (size, root, time_ms, note) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(to_i64(checkpoint.size))

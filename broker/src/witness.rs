@@ -231,8 +231,11 @@ pub struct Coordinator {
     /// with the router's commits).
     writer: Option<mpsc::Sender<StoredCosignature>>,
     /// The consistency proofs of the newest checkpoint, by old size.
-    proofs: Option<(u64, BTreeMap<u64, Vec<[u8; 32]>>)>,
+    proofs: Option<(u64, ProofsByOld)>,
 }
+
+/// Consistency proofs to one checkpoint, by the old size they start from.
+type ProofsByOld = BTreeMap<u64, Vec<[u8; 32]>>;
 
 /// Cosignatures waiting to be stored; beyond this the coordinator waits.
 const STORE_QUEUE: usize = 4096;

@@ -281,7 +281,7 @@ impl WitnessState {
             .bind(&checkpoint.note)
             .execute(&self.pool)
             .await?;
-        if checkpoint.size % 64 == 0 {
+        if checkpoint.size.is_multiple_of(64) {
             sqlx::query("DELETE FROM seen WHERE size < (SELECT size FROM seen ORDER BY size DESC LIMIT 1 OFFSET ?)")
                 .bind(SEEN_KEPT)
                 .execute(&self.pool)

@@ -15,6 +15,8 @@ use samverkan_broker::pki::{self, DevPkiLayout};
 use samverkan_broker::server::Broker;
 use tokio::net::TcpListener;
 
+pub mod fill;
+
 /// The repository's policy set.
 pub fn shipped_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")

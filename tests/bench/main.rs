@@ -5,6 +5,7 @@
 //! target/release/samverkan-bench compare --duration 60
 //! target/release/samverkan-bench run --target samverkan --shape mixed --rate 1000 --duration 60
 //! target/release/samverkan-bench ceiling
+//! target/release/samverkan-bench console --entries 1000000 --store sqlite:///tmp/console.db
 //! ```
 //!
 //! Every server runs as its own process so that its CPU time and peak
@@ -12,6 +13,7 @@
 //! the measurements in the documentation say.
 
 mod ceiling;
+mod console;
 mod load;
 mod stats;
 mod targets;
@@ -96,6 +98,9 @@ enum Command {
     },
     /// What one core of this machine can do: signatures, hashes, parsing, inserts.
     Ceiling,
+    /// The auditor console's queries on a large log (SQLite or PostgreSQL):
+    /// fills the store if it is empty, prints p50/p95/max per query.
+    Console(console::ConsoleArgs),
     /// Internal: run rumqttd alone (used by `--target rumqttd`).
     #[command(hide = true)]
     ServeRumqttd {
@@ -549,6 +554,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::ServeRumqttd { port, certs } => targets::serve_rumqttd(port, &certs),
         Command::Ceiling => ceiling::run().await.map(|_| ()),
+        Command::Console(args) => console::run(args).await,
         Command::Run(args) => {
             let json = args.json.clone();
             let report = run(args).await?;

@@ -12,7 +12,8 @@ use super::record::{Action, record};
 use super::search::SearchParams;
 use super::templates::Ctx;
 use crate::audit::AuditEntry;
-use crate::store::console::Cursor;
+use crate::store::console::{ConsoleFilter, Cursor, Scope};
+use crate::store::{Store, StoreError};
 
 /// Most entries one export holds.
 pub const EXPORT_LIMIT: usize = 100_000;
@@ -27,21 +28,17 @@ pub fn spreadsheet_safe(cell: &str) -> String {
     }
 }
 
-async fn entries(
-    ctx: &Ctx,
-    params: &SearchParams,
-    format: &str,
-) -> Result<Vec<AuditEntry>, ConsoleError> {
-    let filter = params.filter()?;
-    let scope = ctx.viewer.scope();
+/// The entries of an export, newest first, at most [`EXPORT_LIMIT`]: the
+/// filtered list read page by page (keyset, as the search pages).
+pub async fn collect(
+    store: &Store,
+    scope: &Scope,
+    filter: &ConsoleFilter,
+) -> Result<Vec<AuditEntry>, StoreError> {
     let mut out: Vec<AuditEntry> = Vec::new();
     let mut cursor = Cursor::Newest;
     for _ in 0..EXPORT_LIMIT / CHUNK as usize {
-        let page = ctx
-            .state
-            .store
-            .console_search(&scope, &filter, cursor, CHUNK)
-            .await?;
+        let page = store.console_search(scope, filter, cursor, CHUNK).await?;
         let done = page.len() < CHUNK as usize;
         if let Some(last) = page.last() {
             cursor = Cursor::Before(last.index);
@@ -51,6 +48,16 @@ async fn entries(
             break;
         }
     }
+    Ok(out)
+}
+
+async fn entries(
+    ctx: &Ctx,
+    params: &SearchParams,
+    format: &str,
+) -> Result<Vec<AuditEntry>, ConsoleError> {
+    let filter = params.filter()?;
+    let out = collect(&ctx.state.store, &ctx.viewer.scope(), &filter).await?;
     record(
         &ctx.state,
         &ctx.viewer,

@@ -47,9 +47,7 @@ pub async fn page_handler(ctx: Ctx, period: Period) -> Result<Response, ConsoleE
     let store = &ctx.state.store;
     let flows = store.console_flows(&scope, from_ms, to_ms).await?;
     // Days of Swedish winter time; a summer day is shifted by an hour.
-    let counts = store
-        .console_kind_counts(&scope, from_ms, to_ms, DAY_MS, 3_600_000)
-        .await?;
+    let counts = store.console_kind_counts(&scope, from_ms, to_ms).await?;
     let latest = store.latest_checkpoint().await?;
 
     let mut publishers = BTreeSet::new();

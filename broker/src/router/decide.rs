@@ -67,6 +67,56 @@ pub(super) struct Decided {
     pub rejected: Vec<String>,
 }
 
+/// Decides alerts exactly as the router does, outside the router: for tools
+/// that build a genuine log without MQTT (the console benchmark fills a
+/// store with it). Signature checks, schema, policy, audit entries, share
+/// stamps and receipts are the router's own; publish limits are not applied,
+/// since a bulk fill runs far faster than the clock it simulates.
+pub struct BatchDecider(Decider);
+
+impl BatchDecider {
+    /// A decider with `policy` in force whose clock reads `now`.
+    pub fn new(
+        policy: Arc<PolicySet>,
+        signer: Arc<BrokerSigner>,
+        subjects: SubjectHasher,
+        now: i64,
+    ) -> Self {
+        let limits = Arc::new(PublishLimits::unlimited(&policy));
+        Self(Decider {
+            policy,
+            settings: RouterSettings::default(),
+            limits,
+            signer,
+            subjects,
+            now,
+        })
+    }
+
+    /// Decides `alerts` (publisher, logical topic, payload) as one batch,
+    /// appending their rows and entries to `commit` from index `next` on;
+    /// every alert id is taken to be new. Returns how many were accepted
+    /// and how many refused.
+    pub fn decide(
+        &self,
+        alerts: Vec<(String, String, Bytes)>,
+        next: &mut u64,
+        commit: &mut Commit,
+    ) -> (u64, u64) {
+        let arrived = alerts
+            .into_iter()
+            .map(|(tenant, logical, payload)| Arrived {
+                parsed: Envelope::from_json(&payload),
+                tenant,
+                logical,
+                payload,
+            })
+            .collect();
+        let decided = self.0.decide(arrived, &HashMap::new(), next, commit);
+        (decided.accepted, decided.rejected.len() as u64)
+    }
+}
+
 /// Takes the next audit index.
 pub(super) fn take_index(next: &mut u64) -> u64 {
     let i = *next;

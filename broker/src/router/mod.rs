@@ -49,6 +49,7 @@ use tracing::{debug, error, info, warn};
 mod decide;
 mod replay;
 
+pub use self::decide::BatchDecider;
 use self::decide::{Arrived, Decider, b64, take_index};
 use self::replay::Pacer;
 

@@ -6,6 +6,8 @@
 //! SQL, so no parameter (an entry index, a permalink, an alert id) can reach
 //! an entry outside it.
 
+use std::collections::BTreeMap;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{AUDIT_COLUMNS, BindValue, Store, StoreError, decode_audit, to_i64};
@@ -143,6 +145,113 @@ impl Conditions {
     }
 }
 
+/// The SQL of a search page and its parameters.
+fn search_sql(
+    scope: &Scope,
+    filter: &ConsoleFilter,
+    cursor: Cursor,
+    limit: u32,
+) -> (Conditions, String) {
+    let mut c = Conditions::default();
+    c.scope(scope);
+    c.filter(filter);
+    let order = match cursor {
+        Cursor::Newest => "DESC",
+        Cursor::Before(i) => {
+            c.int(|n| format!("idx < ${n}"), to_i64(i));
+            "DESC"
+        }
+        Cursor::After(i) => {
+            c.int(|n| format!("idx > ${n}"), to_i64(i));
+            "ASC"
+        }
+    };
+    let sql = format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx {order} LIMIT {limit}",
+        c.where_sql()
+    );
+    (c, sql)
+}
+
+/// The overview counts days of Swedish winter time: UTC+1.
+pub const DAY_OFFSET_MS: i64 = 3_600_000;
+/// A day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The day (of [`DAY_OFFSET_MS`]) an entry time falls on.
+pub fn day_of(at_ms: i64) -> i64 {
+    (at_ms + DAY_OFFSET_MS).div_euclid(DAY_MS)
+}
+
+/// When day `day` starts (ms).
+fn day_start(day: i64) -> i64 {
+    day * DAY_MS - DAY_OFFSET_MS
+}
+
+/// A row of `audit_day_counts`; `''` stands for an empty column.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DayKey {
+    /// See [`day_of`].
+    pub day: i64,
+    /// The entry kind.
+    pub kind: String,
+    /// The publisher, or `''`.
+    pub publisher: String,
+    /// The recipient, or `''`.
+    pub recipient: String,
+    /// The legal basis, or `''`.
+    pub legal_basis: String,
+}
+
+/// What `entries` add to `audit_day_counts`, one row per key.
+pub fn day_counts(entries: &[AuditEntry]) -> Vec<(DayKey, i64)> {
+    let mut counts: BTreeMap<DayKey, i64> = BTreeMap::new();
+    for e in entries {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        *counts
+            .entry(DayKey {
+                day: day_of(e.at_ms),
+                kind: e.kind.as_str().to_string(),
+                publisher: text(&e.publisher),
+                recipient: text(&e.recipient),
+                legal_basis: text(&e.legal_basis),
+            })
+            .or_default() += 1;
+    }
+    counts.into_iter().collect()
+}
+
+/// `[from, to)` split into the whole days in it, read from the day counts,
+/// and the parts before and after them, counted from the entries.
+struct Split {
+    /// Whole days `[first, end)`, if any.
+    days: Option<(i64, i64)>,
+    /// Time ranges read from the entries themselves.
+    edges: Vec<(i64, i64)>,
+}
+
+fn split(from_ms: i64, to_ms: i64) -> Split {
+    let first = (from_ms + DAY_OFFSET_MS + DAY_MS - 1).div_euclid(DAY_MS);
+    let end = (to_ms + DAY_OFFSET_MS).div_euclid(DAY_MS);
+    if first >= end {
+        return Split {
+            days: None,
+            edges: vec![(from_ms, to_ms)],
+        };
+    }
+    let mut edges = Vec::new();
+    if from_ms < day_start(first) {
+        edges.push((from_ms, day_start(first)));
+    }
+    if day_start(end) < to_ms {
+        edges.push((day_start(end), to_ms));
+    }
+    Split {
+        days: Some((first, end)),
+        edges,
+    }
+}
+
 impl Store {
     /// One page of entries matching `filter` within `scope`, newest first
     /// (by index, so the order is stable however the log grows).
@@ -153,33 +262,40 @@ impl Store {
         cursor: Cursor,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut c = Conditions::default();
-        c.scope(scope);
-        c.filter(filter);
-        let order = match cursor {
-            Cursor::Newest => "DESC",
-            Cursor::Before(i) => {
-                c.int(|n| format!("idx < ${n}"), to_i64(i));
-                "DESC"
-            }
-            Cursor::After(i) => {
-                c.int(|n| format!("idx > ${n}"), to_i64(i));
-                "ASC"
-            }
-        };
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx {order} LIMIT {limit}",
-            c.where_sql()
-        );
+        let (c, sql) = search_sql(scope, filter, cursor, limit);
         let rows = c.query(sql).fetch_all(&self.pool).await?;
         let mut entries = rows
             .iter()
             .map(decode_audit)
             .collect::<Result<Vec<_>, _>>()?;
-        if order == "ASC" {
+        if matches!(cursor, Cursor::After(_)) {
             entries.reverse();
         }
         Ok(entries)
+    }
+
+    /// The database's plan for [`Self::console_search`] with these
+    /// arguments (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL),
+    /// one line per row: to check which indexes a search uses.
+    pub async fn console_search_plan(
+        &self,
+        scope: &Scope,
+        filter: &ConsoleFilter,
+        cursor: Cursor,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let (c, sql) = search_sql(scope, filter, cursor, limit);
+        let (prefix, column) = match self.backend {
+            super::Backend::Sqlite => ("EXPLAIN QUERY PLAN ", "detail"),
+            super::Backend::Postgres => ("EXPLAIN ", "QUERY PLAN"),
+        };
+        let rows = c
+            .query(format!("{prefix}{sql}"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(column)?))
+            .collect()
     }
 
     /// Entry `index`, if it exists within `scope` (an entry outside the
@@ -265,8 +381,58 @@ impl Store {
     }
 
     /// Shares (per legal basis) and denials between each pair of agencies
-    /// in `[from_ms, to_ms)`, within `scope`.
+    /// in `[from_ms, to_ms)`, within `scope`: whole days from the day
+    /// counts, the rest from the entries.
     pub async fn console_flows(
+        &self,
+        scope: &Scope,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<FlowCount>, StoreError> {
+        type Key = (String, String, Option<String>, Option<String>);
+        let mut total: BTreeMap<Key, i64> = BTreeMap::new();
+        let parts = split(from_ms, to_ms);
+        let mut add = |flows: Vec<FlowCount>| {
+            for f in flows {
+                *total
+                    .entry((f.kind, f.publisher, f.recipient, f.legal_basis))
+                    .or_default() += f.count;
+            }
+        };
+        if let Some((first, end)) = parts.days {
+            let mut c = Conditions::default();
+            c.int(|n| format!("day >= ${n}"), first);
+            c.int(|n| format!("day < ${n}"), end);
+            c.clauses.push("kind IN ('share', 'denial')".into());
+            c.scope(scope);
+            let sql = format!(
+                "SELECT kind, publisher, NULLIF(recipient, '') AS recipient, \
+                 NULLIF(legal_basis, '') AS legal_basis, CAST(SUM(n) AS BIGINT) AS n \
+                 FROM audit_day_counts{} GROUP BY kind, publisher, recipient, legal_basis",
+                c.where_sql()
+            );
+            add(decode_flows(c.query(sql).fetch_all(&self.pool).await?)?);
+        }
+        for (from, to) in parts.edges {
+            add(self.entry_flows(scope, from, to).await?);
+        }
+        Ok(total
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .map(
+                |((kind, publisher, recipient, legal_basis), count)| FlowCount {
+                    kind,
+                    publisher,
+                    recipient,
+                    legal_basis,
+                    count,
+                },
+            )
+            .collect())
+    }
+
+    /// [`Self::console_flows`] counted from the entries alone.
+    pub async fn entry_flows(
         &self,
         scope: &Scope,
         from_ms: i64,
@@ -279,38 +445,59 @@ impl Store {
         c.scope(scope);
         let sql = format!(
             "SELECT kind, publisher, recipient, legal_basis, COUNT(*) AS n FROM audit_entries{} \
-             GROUP BY kind, publisher, recipient, legal_basis \
-             ORDER BY kind, publisher, recipient, legal_basis",
+             GROUP BY kind, publisher, recipient, legal_basis",
             c.where_sql()
         );
-        let rows = c.query(sql).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FlowCount {
-                    kind: row.try_get("kind")?,
-                    publisher: row
-                        .try_get::<Option<String>, _>("publisher")?
-                        .unwrap_or_default(),
-                    recipient: row.try_get("recipient")?,
-                    legal_basis: row.try_get("legal_basis")?,
-                    count: row.try_get("n")?,
-                })
-            })
-            .collect()
+        decode_flows(c.query(sql).fetch_all(&self.pool).await?)
     }
 
-    /// Entries per kind per bucket of `bucket_ms` (shifted by `offset_ms`,
-    /// e.g. the local zone) in `[from_ms, to_ms)`, within `scope`:
-    /// `(bucket start ms, kind, count)`.
+    /// Entries per kind per day (of [`DAY_OFFSET_MS`]) in `[from_ms,
+    /// to_ms)`, within `scope`: `(day start ms, kind, count)`, by day and
+    /// kind. Whole days come from the day counts, the rest from the entries.
     pub async fn console_kind_counts(
         &self,
         scope: &Scope,
         from_ms: i64,
         to_ms: i64,
-        bucket_ms: i64,
-        offset_ms: i64,
     ) -> Result<Vec<(i64, String, i64)>, StoreError> {
-        let bucket_ms = bucket_ms.max(1);
+        let mut total: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        let parts = split(from_ms, to_ms);
+        if let Some((first, end)) = parts.days {
+            let mut c = Conditions::default();
+            c.int(|n| format!("day >= ${n}"), first);
+            c.int(|n| format!("day < ${n}"), end);
+            c.scope(scope);
+            let sql = format!(
+                "SELECT day, kind, CAST(SUM(n) AS BIGINT) AS n FROM audit_day_counts{} \
+                 GROUP BY day, kind",
+                c.where_sql()
+            );
+            for row in c.query(sql).fetch_all(&self.pool).await? {
+                let day: i64 = row.try_get("day")?;
+                *total
+                    .entry((day_start(day), row.try_get("kind")?))
+                    .or_default() += row.try_get::<i64, _>("n")?;
+            }
+        }
+        for (from, to) in parts.edges {
+            for (day, kind, n) in self.entry_kind_counts(scope, from, to).await? {
+                *total.entry((day, kind)).or_default() += n;
+            }
+        }
+        Ok(total
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((day, kind), n)| (day, kind, n))
+            .collect())
+    }
+
+    /// [`Self::console_kind_counts`] counted from the entries alone.
+    pub async fn entry_kind_counts(
+        &self,
+        scope: &Scope,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
         let mut c = Conditions::default();
         c.int(|n| format!("at_ms >= ${n}"), from_ms);
         c.int(|n| format!("at_ms < ${n}"), to_ms);
@@ -318,7 +505,7 @@ impl Store {
         // Constants are written into the SQL (integers only): PostgreSQL
         // cannot infer a parameter's type inside the arithmetic.
         let sql = format!(
-            "SELECT (at_ms + {offset_ms}) / {bucket_ms} AS bucket, kind, COUNT(*) AS n FROM audit_entries{} \
+            "SELECT (at_ms + {DAY_OFFSET_MS}) / {DAY_MS} AS bucket, kind, COUNT(*) AS n FROM audit_entries{} \
              GROUP BY bucket, kind ORDER BY bucket, kind",
             c.where_sql()
         );
@@ -326,12 +513,24 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let bucket: i64 = row.try_get("bucket")?;
-                Ok((
-                    bucket * bucket_ms - offset_ms,
-                    row.try_get("kind")?,
-                    row.try_get("n")?,
-                ))
+                Ok((day_start(bucket), row.try_get("kind")?, row.try_get("n")?))
             })
             .collect()
     }
+}
+
+fn decode_flows(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<FlowCount>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(FlowCount {
+                kind: row.try_get("kind")?,
+                publisher: row
+                    .try_get::<Option<String>, _>("publisher")?
+                    .unwrap_or_default(),
+                recipient: row.try_get("recipient")?,
+                legal_basis: row.try_get("legal_basis")?,
+                count: row.try_get("n")?,
+            })
+        })
+        .collect()
 }

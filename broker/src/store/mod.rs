@@ -62,33 +62,54 @@ impl Backend {
         }
     }
 
+    /// The migrations, in order; a database created by an older broker gets
+    /// the ones it lacks at the next start.
     fn migrator(self) -> Migrator {
-        let (init, cosignatures): (&'static str, &'static str) = match self {
-            Backend::Sqlite => (
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-                include_str!("../../migrations/sqlite/0002_cosignatures.sql"),
-            ),
-            Backend::Postgres => (
-                include_str!("../../migrations/postgres/0001_init.sql"),
-                include_str!("../../migrations/postgres/0002_cosignatures.sql"),
-            ),
+        let files: [(&'static str, &'static str); 3] = match self {
+            Backend::Sqlite => [
+                (
+                    "init",
+                    include_str!("../../migrations/sqlite/0001_init.sql"),
+                ),
+                (
+                    "cosignatures",
+                    include_str!("../../migrations/sqlite/0002_cosignatures.sql"),
+                ),
+                (
+                    "console",
+                    include_str!("../../migrations/sqlite/0003_console.sql"),
+                ),
+            ],
+            Backend::Postgres => [
+                (
+                    "init",
+                    include_str!("../../migrations/postgres/0001_init.sql"),
+                ),
+                (
+                    "cosignatures",
+                    include_str!("../../migrations/postgres/0002_cosignatures.sql"),
+                ),
+                (
+                    "console",
+                    include_str!("../../migrations/postgres/0003_console.sql"),
+                ),
+            ],
         };
-        Migrator::with_migrations(vec![
-            Migration::new(
-                1,
-                "init".into(),
-                MigrationType::Simple,
-                sqlx::SqlStr::from_static(init),
-                false,
-            ),
-            Migration::new(
-                2,
-                "cosignatures".into(),
-                MigrationType::Simple,
-                sqlx::SqlStr::from_static(cosignatures),
-                false,
-            ),
-        ])
+        Migrator::with_migrations(
+            files
+                .into_iter()
+                .zip(1..)
+                .map(|((name, sql), version)| {
+                    Migration::new(
+                        version,
+                        name.into(),
+                        MigrationType::Simple,
+                        sqlx::SqlStr::from_static(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        )
     }
 }
 
@@ -645,6 +666,25 @@ impl Store {
                     .bind(e.reason.clone())
                     .bind(json_list(&e.subject_hashes))
                     .bind(e.leaf_hash().to_vec())
+            },
+        )
+        .await?;
+        let day_counts = console::day_counts(&c.audit);
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO audit_day_counts (day, kind, publisher, recipient, legal_basis, n)| \
+             ON CONFLICT (day, kind, publisher, recipient, legal_basis) \
+             DO UPDATE SET n = audit_day_counts.n + excluded.n",
+            6,
+            &day_counts,
+            |q, (k, n)| {
+                q.bind(k.day)
+                    .bind(k.kind.clone())
+                    .bind(k.publisher.clone())
+                    .bind(k.recipient.clone())
+                    .bind(k.legal_basis.clone())
+                    .bind(*n)
             },
         )
         .await?;

@@ -5,6 +5,7 @@ mod audit;
 mod browser;
 mod connections;
 mod console;
+mod console_queries;
 mod crash;
 mod examples;
 mod fixtures;

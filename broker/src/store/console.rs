@@ -93,9 +93,19 @@ impl Conditions {
     }
     fn scope(&mut self, scope: &Scope) {
         if let Scope::Agency(agency) = scope {
-            // Written as a UNION-friendly OR of two indexed columns.
             self.text(
                 |n| format!("(publisher = ${n} OR recipient = ${n})"),
+                agency,
+            );
+        }
+    }
+    /// The scope as a condition no index serves: for reads that a time
+    /// range bounds (an OR of the agency's two indexes would read every
+    /// entry of the agency instead of the range's).
+    fn scope_unindexed(&mut self, scope: &Scope) {
+        if let Scope::Agency(agency) = scope {
+            self.text(
+                |n| format!("(COALESCE(publisher, '') = ${n} OR COALESCE(recipient, '') = ${n})"),
                 agency,
             );
         }
@@ -146,6 +156,12 @@ impl Conditions {
 }
 
 /// The SQL of a search page and its parameters.
+///
+/// An agency's scope is a union of two searches, entries the agency
+/// published and entries it received (published by another), each newest
+/// first from its own index on (column, idx) and cut at the page size:
+/// written as one `OR`, the database would read every entry of the agency
+/// and sort them to find the newest page.
 fn search_sql(
     scope: &Scope,
     filter: &ConsoleFilter,
@@ -153,7 +169,13 @@ fn search_sql(
     limit: u32,
 ) -> (Conditions, String) {
     let mut c = Conditions::default();
-    c.scope(scope);
+    let agency = match scope {
+        Scope::All => None,
+        Scope::Agency(a) => {
+            c.binds.push(BindValue::Text(a.clone()));
+            Some(c.binds.len())
+        }
+    };
     c.filter(filter);
     let order = match cursor {
         Cursor::Newest => "DESC",
@@ -166,10 +188,32 @@ fn search_sql(
             "ASC"
         }
     };
-    let sql = format!(
-        "SELECT {AUDIT_COLUMNS} FROM audit_entries{} ORDER BY idx {order} LIMIT {limit}",
-        c.where_sql()
-    );
+    let select = |party: Option<String>| {
+        let clauses: Vec<&str> = party
+            .as_deref()
+            .into_iter()
+            .chain(c.clauses.iter().map(String::as_str))
+            .collect();
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries{filter} ORDER BY idx {order} LIMIT {limit}"
+        )
+    };
+    let sql = match agency {
+        None => select(None),
+        Some(a) => format!(
+            "SELECT * FROM ({}) AS published UNION ALL SELECT * FROM ({}) AS received \
+             ORDER BY idx {order} LIMIT {limit}",
+            select(Some(format!("publisher = ${a}"))),
+            select(Some(format!(
+                "recipient = ${a} AND (publisher IS NULL OR publisher <> ${a})"
+            ))),
+        ),
+    };
     (c, sql)
 }
 
@@ -442,7 +486,7 @@ impl Store {
         c.int(|n| format!("at_ms >= ${n}"), from_ms);
         c.int(|n| format!("at_ms < ${n}"), to_ms);
         c.clauses.push("kind IN ('share', 'denial')".into());
-        c.scope(scope);
+        c.scope_unindexed(scope);
         let sql = format!(
             "SELECT kind, publisher, recipient, legal_basis, COUNT(*) AS n FROM audit_entries{} \
              GROUP BY kind, publisher, recipient, legal_basis",
@@ -501,7 +545,7 @@ impl Store {
         let mut c = Conditions::default();
         c.int(|n| format!("at_ms >= ${n}"), from_ms);
         c.int(|n| format!("at_ms < ${n}"), to_ms);
-        c.scope(scope);
+        c.scope_unindexed(scope);
         // Constants are written into the SQL (integers only): PostgreSQL
         // cannot infer a parameter's type inside the arithmetic.
         let sql = format!(

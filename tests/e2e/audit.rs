@@ -788,6 +788,14 @@ async fn rollback_is_found_only_against_kept_checkpoints(backend: Backend) {
         format!("DELETE FROM audit_subjects WHERE idx >= {kept_before}"),
         format!("DELETE FROM deliveries WHERE audit_idx >= {kept_before}"),
         format!("DELETE FROM alerts WHERE alert_id = '{}'", later[0]),
+        // The overview's day counts, recounted from what is left.
+        "DELETE FROM audit_day_counts".to_string(),
+        "INSERT INTO audit_day_counts (day, kind, publisher, recipient, legal_basis, n) \
+         SELECT (at_ms + 3600000) / 86400000, kind, COALESCE(publisher, ''), COALESCE(recipient, ''), \
+         COALESCE(legal_basis, ''), COUNT(*) FROM audit_entries \
+         GROUP BY (at_ms + 3600000) / 86400000, kind, COALESCE(publisher, ''), COALESCE(recipient, ''), \
+         COALESCE(legal_basis, '')"
+            .to_string(),
     ] {
         broker.execute_sql(&sql).await;
     }

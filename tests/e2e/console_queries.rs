@@ -301,6 +301,16 @@ async fn queries_match_a_direct_reading(backend: Backend) {
         }
     }
     assert!(non_empty > 50, "too few searches found anything");
+
+    // The day counts are checked against the log like every other table.
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE audit_day_counts SET n = n + 1 WHERE kind = 'denial'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let failure = verify_log(&store, &keys, &[], |_, _| {}).await.unwrap_err();
+    assert!(failure.to_string().contains("day counts"), "{failure}");
     store.close().await;
 }
 

@@ -24,7 +24,7 @@
 //! together with the checkpoints covering them (a rollback) — only
 //! checkpoints kept outside it (`witnessed`) show that.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine as _;
 use samverkan_sdk::audit::checkpoint::{SignedCheckpoint, check_exact_note, verify_checkpoint};
@@ -40,6 +40,7 @@ use thiserror::Error;
 
 use super::tree::Frontier;
 use super::{AuditEntry, EntryKind, disclosed_digest};
+use crate::store::console::{DayKey, day_counts as day_counts_of};
 use crate::store::{AuditFilter, Store, StoreError, StoredAlert, StoredDelivery};
 
 /// Entries read per query.
@@ -172,6 +173,11 @@ pub enum VerifyFailure {
     /// Rows refer to entries the log does not have.
     #[error("{0}")]
     Orphans(String),
+    /// The console overview's day counts differ from the log.
+    #[error(
+        "the overview's day counts (audit_day_counts) differ from the log: {0} (the overview would show other numbers than the entries)"
+    )]
+    DayCounts(String),
 }
 
 /// What a successful verification covered.
@@ -459,10 +465,15 @@ pub async fn verify_log(
             });
         }
     }
+    // The overview's day counts, recounted from the entries.
+    let mut day_counts: BTreeMap<DayKey, i64> = BTreeMap::new();
     let mut from = 0u64;
     while from < next {
         let to = (from + CHUNK).min(next);
         let rows = store.audit_range_with_leaves(from, to).await?;
+        for (key, n) in day_counts_of(rows.iter().map(|(e, _)| e)) {
+            *day_counts.entry(key).or_default() += n;
+        }
         let first_stored = tlog_tiles::tlog::stored_hash_index(0, from);
         let end_stored = tlog_tiles::tlog::stored_hash_index(0, to);
         let stored_tree = store.tree_hash_range(first_stored, end_stored).await?;
@@ -560,6 +571,26 @@ pub async fn verify_log(
         return Err(VerifyFailure::Orphans(format!(
             "{deliveries} deliveries, {subject_rows} subject index rows and {alerts} alerts refer to entries the log does not have: entries were removed (a rollback of the newest entries leaves exactly this)"
         )));
+    }
+    let stored: BTreeMap<DayKey, i64> = store.day_count_rows().await?.into_iter().collect();
+    if stored != day_counts {
+        let differs = day_counts
+            .keys()
+            .chain(stored.keys())
+            .find(|k| day_counts.get(*k) != stored.get(*k));
+        return Err(VerifyFailure::DayCounts(match differs {
+            Some(k) => format!(
+                "day {} (from {}), {} {} → {}: {} stored, {} in the log",
+                k.day,
+                samverkan_sdk::time::format_ms(k.day * 86_400_000 - 3_600_000),
+                k.kind,
+                k.publisher,
+                k.recipient,
+                stored.get(k).copied().unwrap_or(0),
+                day_counts.get(k).copied().unwrap_or(0)
+            ),
+            None => "rows differ".into(),
+        }));
     }
     report.entries = frontier.size();
     report.root = frontier.root();

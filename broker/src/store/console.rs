@@ -248,7 +248,7 @@ pub struct DayKey {
 }
 
 /// What `entries` add to `audit_day_counts`, one row per key.
-pub fn day_counts(entries: &[AuditEntry]) -> Vec<(DayKey, i64)> {
+pub fn day_counts<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Vec<(DayKey, i64)> {
     let mut counts: BTreeMap<DayKey, i64> = BTreeMap::new();
     for e in entries {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -493,6 +493,30 @@ impl Store {
             c.where_sql()
         );
         decode_flows(c.query(sql).fetch_all(&self.pool).await?)
+    }
+
+    /// Every row of `audit_day_counts` (for `audit verify`, which recounts
+    /// them from the log).
+    pub async fn day_count_rows(&self) -> Result<Vec<(DayKey, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT day, kind, publisher, recipient, legal_basis, n FROM audit_day_counts",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    DayKey {
+                        day: row.try_get("day")?,
+                        kind: row.try_get("kind")?,
+                        publisher: row.try_get("publisher")?,
+                        recipient: row.try_get("recipient")?,
+                        legal_basis: row.try_get("legal_basis")?,
+                    },
+                    row.try_get("n")?,
+                ))
+            })
+            .collect()
     }
 
     /// Entries per kind per day (of [`DAY_OFFSET_MS`]) in `[from_ms,

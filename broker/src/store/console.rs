@@ -224,12 +224,12 @@ pub const DAY_MS: i64 = 86_400_000;
 
 /// The day (of [`DAY_OFFSET_MS`]) an entry time falls on.
 pub fn day_of(at_ms: i64) -> i64 {
-    (at_ms + DAY_OFFSET_MS).div_euclid(DAY_MS)
+    at_ms.saturating_add(DAY_OFFSET_MS).div_euclid(DAY_MS)
 }
 
 /// When day `day` starts (ms).
 fn day_start(day: i64) -> i64 {
-    day * DAY_MS - DAY_OFFSET_MS
+    day.saturating_mul(DAY_MS).saturating_sub(DAY_OFFSET_MS)
 }
 
 /// A row of `audit_day_counts`; `''` stands for an empty column.
@@ -275,8 +275,10 @@ struct Split {
 }
 
 fn split(from_ms: i64, to_ms: i64) -> Split {
-    let first = (from_ms + DAY_OFFSET_MS + DAY_MS - 1).div_euclid(DAY_MS);
-    let end = (to_ms + DAY_OFFSET_MS).div_euclid(DAY_MS);
+    let first = from_ms
+        .saturating_add(DAY_OFFSET_MS + DAY_MS - 1)
+        .div_euclid(DAY_MS);
+    let end = day_of(to_ms);
     if first >= end {
         return Split {
             days: None,

@@ -345,7 +345,7 @@ async fn index_sizes(url: &str) -> Result<Vec<(String, i64)>> {
          WHERE name IN (SELECT name FROM sqlite_master WHERE type IN ('index', 'table') \
          AND tbl_name IN ('audit_entries', 'audit_day_counts')) GROUP BY name ORDER BY name"
     } else {
-        "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_class c \
+        "SELECT c.relname::text AS name, pg_relation_size(c.oid) AS bytes FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = current_schema() AND c.relkind IN ('i', 'r') \
          AND (c.relname LIKE 'audit_entries%' OR c.relname LIKE 'audit_day_counts%') ORDER BY 1"

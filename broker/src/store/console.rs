@@ -143,8 +143,13 @@ impl Conditions {
             format!(" WHERE {}", self.clauses.join(" AND "))
         }
     }
+    /// The statement with its parameters. Not a cached prepared statement:
+    /// PostgreSQL would soon plan it once for any value (a generic plan),
+    /// which for an equality on a column with a few common values is a scan
+    /// of the whole log in index order, disastrous for a rare value. Planned
+    /// with the values each time, it uses the value's own index range.
     fn query<'q>(self, sql: String) -> super::AnyQuery<'q> {
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for b in self.binds {
             q = match b {
                 BindValue::Text(t) => q.bind(t),

@@ -12,9 +12,10 @@
 //! [`Store::commit`] in group commits. `samverkan audit verify` accepts the
 //! result.
 //!
-//! Differences from a broker that ran for the period: checkpoints are signed
-//! every [`CHECKPOINT_EVERY`] entries (a broker also signs one a minute when
-//! the log grew), the policy is reloaded (a `load` entry) every 30 days,
+//! Differences from a broker that ran for the period: a checkpoint is
+//! signed at the first group commit after the log grew by
+//! [`CHECKPOINT_EVERY`] entries (a broker also signs one a minute when the
+//! log grew), the policy is reloaded (a `load` entry) every 30 days,
 //! content is purged once a week instead of every hour, and only half of the
 //! shares are acknowledged by default (so that shares and denials are most
 //! of the log).
@@ -43,7 +44,8 @@ use samverkan_sdk::{Envelope, EnvelopeHeader};
 use serde_json::{Map, Value, json};
 use sha2::Digest as _;
 
-/// A checkpoint is signed whenever the log has grown by this many entries.
+/// A checkpoint is signed at the first group commit after the log has grown
+/// by this many entries.
 pub const CHECKPOINT_EVERY: u64 = 1000;
 /// Entries per group commit.
 const COMMIT_EVERY: usize = 2000;

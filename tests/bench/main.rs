@@ -128,6 +128,13 @@ pub struct Report {
     receipt_latency: Option<LatencySummary>,
     delivery_latency: LatencySummary,
     server_cpu_cores: f64,
+    /// Server CPU time per accepted alert (cores ÷ alerts/s).
+    server_cpu_us_per_alert: f64,
+    /// Database growth ÷ alerts accepted in the measured window.
+    database_bytes_per_alert: Option<f64>,
+    /// Bytes the server process wrote to storage ÷ alerts (SQLite: the
+    /// broker writes its database itself; PostgreSQL's writes are its own).
+    disk_write_bytes_per_alert: Option<f64>,
     server_peak_rss_mb: f64,
     server_rss_start_mb: f64,
     server_rss_end_mb: f64,
@@ -156,6 +163,8 @@ pub struct TimelinePoint {
     alerts_per_s: f64,
     server_cpu_cores: f64,
     server_rss_mb: f64,
+    receipt_p99_ms: f64,
+    delivery_p99_ms: f64,
 }
 
 async fn run(args: RunArgs) -> Result<Report> {
@@ -279,6 +288,9 @@ async fn run(args: RunArgs) -> Result<Report> {
     counters.delivery_latency.reset();
     counters.quorum_latency.reset();
     let start = stats::sample(pid).unwrap_or_default();
+    let database_start = server.database_bytes().await;
+    counters.receipt_latency.take_window();
+    counters.delivery_latency.take_window();
     let (sent0, acc0, del0) = (
         counters.sent.load(Ordering::Relaxed),
         counters.accepted.load(Ordering::Relaxed),
@@ -300,6 +312,8 @@ async fn run(args: RunArgs) -> Result<Report> {
                     alerts_per_s: (accepted - last.2) as f64 / span,
                     server_cpu_cores: (s.cpu_seconds - last.1.cpu_seconds) / span,
                     server_rss_mb: s.rss_bytes as f64 / 1_048_576.0,
+                    receipt_p99_ms: counters.receipt_latency.take_window().p99_ms,
+                    delivery_p99_ms: counters.delivery_latency.take_window().p99_ms,
                 });
                 last = (Instant::now(), s, accepted);
             }
@@ -310,6 +324,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let end = stats::sample(pid).unwrap_or_default();
+    let database_end = server.database_bytes().await;
     server.ensure_running()?;
     let internals = match server.admin_port {
         Some(port) => broker_internals(port).await,
@@ -352,6 +367,20 @@ async fn run(args: RunArgs) -> Result<Report> {
             .then(|| counters.receipt_latency.summary()),
         delivery_latency: counters.delivery_latency.summary(),
         server_cpu_cores: (end.cpu_seconds - start.cpu_seconds) / elapsed,
+        server_cpu_us_per_alert: 1e6 * (end.cpu_seconds - start.cpu_seconds)
+            / (accepted as f64).max(1.0),
+        database_bytes_per_alert: match (database_start, database_end) {
+            (Some(a), Some(b)) if accepted > 0 => {
+                Some(b.saturating_sub(a) as f64 / accepted as f64)
+            }
+            _ => None,
+        },
+        disk_write_bytes_per_alert: (args.target == Target::Samverkan
+            && backend == Backend::Sqlite
+            && accepted > 0)
+            .then(|| {
+                end.disk_write_bytes.saturating_sub(start.disk_write_bytes) as f64 / accepted as f64
+            }),
         server_peak_rss_mb: end.peak_rss_bytes.max(peak_rss) as f64 / 1_048_576.0,
         server_rss_start_mb: start.rss_bytes as f64 / 1_048_576.0,
         server_rss_end_mb: end.rss_bytes as f64 / 1_048_576.0,
@@ -481,6 +510,20 @@ fn print(report: &Report) {
             String::new()
         }
     );
+    if report.alerts_accepted > 0 && report.target == Target::Samverkan {
+        println!(
+            "  per alert    {:.0} µs of server CPU{}{}",
+            report.server_cpu_us_per_alert,
+            report
+                .database_bytes_per_alert
+                .map(|b| format!(", database +{b:.0} bytes"))
+                .unwrap_or_default(),
+            report
+                .disk_write_bytes_per_alert
+                .map(|b| format!(", {b:.0} bytes written to disk by the server"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(b) = &report.broker {
         println!(
             "  broker       {:.0} batches, {:.1} messages per batch, {:.2} ms per commit{}",
@@ -514,6 +557,17 @@ fn print(report: &Report) {
             rss.join(" "),
             rss_trend_mb_per_min(&report.timeline)
         );
+        if report.target == Target::Samverkan {
+            let p99: Vec<String> = report
+                .timeline
+                .iter()
+                .map(|p| format!("{:.0}/{:.0}", p.receipt_p99_ms, p.delivery_p99_ms))
+                .collect();
+            println!(
+                "  p99 receipt/delivery every {TIMELINE_STEP_S} s (ms): {}",
+                p99.join(" ")
+            );
+        }
     }
     if !report.refusals.is_empty() {
         println!("  refusals     {:?}", report.refusals);
@@ -637,9 +691,15 @@ async fn main() -> Result<()> {
             if let Some(sv) = find(Target::Samverkan, Shape::Mixed, 0) {
                 println!(
                     "  samverkan mixed alerts/s ÷ CPU ceiling estimate   = {:.2}   ({:.0} of {:.0} alerts/s)",
-                    sv.alerts_per_s / ceiling.max(1.0),
+                    sv.alerts_per_s / ceiling.alerts_per_s.max(1.0),
                     sv.alerts_per_s,
-                    ceiling
+                    ceiling.alerts_per_s
+                );
+                println!(
+                    "  server CPU per mixed alert ÷ ceiling per alert  = {:.2}   ({:.0} µs ÷ {:.0} µs)",
+                    sv.server_cpu_us_per_alert / ceiling.per_alert_us.max(1.0),
+                    sv.server_cpu_us_per_alert,
+                    ceiling.per_alert_us
                 );
             }
             if let (Some(sv), Some(mq)) = (
@@ -673,62 +733,130 @@ async fn main() -> Result<()> {
                     pg.alerts_per_s / sv.alerts_per_s.max(1.0)
                 );
             }
-            print_targets(&find, reports.iter().find(|r| r.witnesses > 0));
+            print_targets(
+                &find,
+                reports
+                    .iter()
+                    .find(|r| r.backend == Some("postgres") && r.rate_requested == 0),
+                reports.iter().find(|r| r.witnesses > 0),
+                ceiling,
+            );
             write_json(&json, &reports)
         }
     }
 }
 
 /// The performance targets, each with the figure measured and whether it
-/// was met (targets are measured here, never asserted in tests).
+/// was met (targets are measured here, never asserted in tests). The ones
+/// that decide are the ratios within one run: these machines vary by about
+/// 2× from one moment to the next.
 fn print_targets<'a>(
     find: &impl Fn(Target, Shape, u32) -> Option<&'a Report>,
+    postgres: Option<&Report>,
     witnessed: Option<&Report>,
+    ceiling: ceiling::Ceiling,
 ) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let row = |what: &str, figure: String, met: bool| {
+        println!("  {what:<58} {figure:>14}   {}", verdict(met));
+    };
     println!("\n== targets");
     if let Some(r) = find(Target::Samverkan, Shape::Mixed, 0) {
-        println!(
-            "  ≥ 10,000 alerts/s flat out (SQLite)          {:>8.0} alerts/s   {}",
-            r.alerts_per_s,
-            verdict(r.alerts_per_s >= 10_000.0)
+        let ratio = r.server_cpu_us_per_alert / ceiling.per_alert_us.max(1.0);
+        row(
+            "server CPU per mixed alert ÷ ceiling per alert ≤ 1.5",
+            format!("{ratio:.2}"),
+            ratio <= 1.5,
         );
+        row(
+            "server CPU per mixed alert ≤ 150 µs",
+            format!("{:.0} µs", r.server_cpu_us_per_alert),
+            r.server_cpu_us_per_alert <= 150.0,
+        );
+        row(
+            "mixed flat out, SQLite ≥ 7,000 alerts/s",
+            format!("{:.0} /s", r.alerts_per_s),
+            r.alerts_per_s >= 7_000.0,
+        );
+        if let Some(bytes) = r.database_bytes_per_alert {
+            row(
+                "database bytes per mixed alert (two shares) ≤ 2 KB",
+                format!("{bytes:.0} B"),
+                bytes <= 2048.0,
+            );
+        }
+        if let Some(pg) = postgres {
+            let ratio = pg.alerts_per_s / r.alerts_per_s.max(1.0);
+            row(
+                "PostgreSQL ÷ SQLite, mixed flat out ≥ 0.9",
+                format!("{ratio:.2}"),
+                ratio >= 0.9,
+            );
+        }
     }
     if let (Some(sv), Some(mq)) = (
         find(Target::Samverkan, Shape::OneToThree, 0),
         find(Target::Mosquitto, Shape::OneToThree, 0),
     ) {
         let ratio = sv.alerts_per_s / mq.alerts_per_s.max(1.0);
-        println!(
-            "  1→3 rate ≥ Mosquitto's                       {ratio:>8.2} ×          {}",
-            verdict(ratio >= 1.0)
+        row(
+            "1→3 alerts/s ÷ Mosquitto publishes/s ≥ 0.25",
+            format!("{ratio:.2}"),
+            ratio >= 0.25,
         );
     }
     if let Some(r) = find(Target::Samverkan, Shape::Mixed, 1000) {
         if let Some(receipt) = &r.receipt_latency {
-            println!(
-                "  1,000/s: publish→receipt p99 < 20 ms         {:>8.2} ms         {}",
-                receipt.p99_ms,
-                verdict(receipt.p99_ms < 20.0)
+            row(
+                "1,000/s + idle clients: publish→receipt p99 < 10 ms",
+                format!("{:.2} ms", receipt.p99_ms),
+                receipt.p99_ms < 10.0,
             );
         }
-        println!(
-            "  1,000/s: publish→delivery p99 < 25 ms        {:>8.2} ms         {}",
-            r.delivery_latency.p99_ms,
-            verdict(r.delivery_latency.p99_ms < 25.0)
+        row(
+            "1,000/s + idle clients: publish→delivery p99 < 12 ms",
+            format!("{:.2} ms", r.delivery_latency.p99_ms),
+            r.delivery_latency.p99_ms < 12.0,
         );
-        println!(
-            "  1,000/s, {} clients: peak RSS < 200 MB     {:>8.0} MB         {}",
-            r.idle_connections,
-            r.server_peak_rss_mb,
-            verdict(r.server_peak_rss_mb < 200.0)
+        row(
+            "1,000/s + idle clients: peak RSS < 150 MB",
+            format!("{:.0} MB", r.server_peak_rss_mb),
+            r.server_peak_rss_mb < 150.0,
         );
+        // Over a soak (run --duration 600): the last minute no worse than
+        // the first, RSS flat over the last five minutes.
+        let steps_per_min = (60 / TIMELINE_STEP_S) as usize;
+        if r.timeline.len() >= 2 * steps_per_min {
+            let minute = |points: &[TimelinePoint]| {
+                points.iter().map(|p| p.receipt_p99_ms).fold(0.0, f64::max)
+            };
+            let first = minute(&r.timeline[..steps_per_min]);
+            let last = minute(&r.timeline[r.timeline.len() - steps_per_min..]);
+            row(
+                "receipt p99, last minute ≤ first minute (worst 10 s)",
+                format!("{first:.1} → {last:.1} ms"),
+                last <= first,
+            );
+        }
+        if r.timeline.len() >= 5 * steps_per_min {
+            let tail = &r.timeline[r.timeline.len() - 5 * steps_per_min..];
+            let mean = tail.iter().map(|p| p.server_rss_mb).sum::<f64>() / tail.len() as f64;
+            let spread = tail
+                .iter()
+                .map(|p| (p.server_rss_mb - mean).abs() / mean)
+                .fold(0.0, f64::max);
+            row(
+                "RSS flat over the last 5 minutes (within ±3 %)",
+                format!("±{:.1} %", 100.0 * spread),
+                spread <= 0.03,
+            );
+        }
     }
     if let Some(quorum) = witnessed.and_then(|r| r.quorum_latency.as_ref()) {
-        println!(
-            "  1,000/s: receipt→checkpoint at quorum p99 < 2 s {:>6.0} ms         {}",
-            quorum.p99_ms,
-            verdict(quorum.p99_ms < 2000.0)
+        row(
+            "1,000/s: receipt→checkpoint at quorum p99 < 2 s",
+            format!("{:.0} ms", quorum.p99_ms),
+            quorum.p99_ms < 2000.0,
         );
     }
 }

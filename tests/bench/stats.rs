@@ -7,14 +7,24 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// A latency histogram in microseconds, shared by tasks.
-pub struct Latency(Mutex<Histogram<u64>>);
+/// A latency histogram in microseconds, shared by tasks: the whole run,
+/// and the current window of a timeline (so a soak shows whether its
+/// last minute is worse than its first).
+pub struct Latency(Mutex<Windowed>);
+
+struct Windowed {
+    run: Histogram<u64>,
+    window: Histogram<u64>,
+}
 
 impl Default for Latency {
     fn default() -> Self {
-        Self(Mutex::new(
-            Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
-        ))
+        let histogram =
+            || Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds");
+        Self(Mutex::new(Windowed {
+            run: histogram(),
+            window: histogram(),
+        }))
     }
 }
 
@@ -23,15 +33,30 @@ impl Latency {
     pub fn record(&self, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, 120_000_000);
         if let Ok(mut h) = self.0.lock() {
-            let _ = h.record(us);
+            let _ = h.run.record(us);
+            let _ = h.window.record(us);
         }
     }
 
     /// Forgets what was recorded (at the end of the warm-up).
     pub fn reset(&self) {
         if let Ok(mut h) = self.0.lock() {
-            h.reset();
+            h.run.reset();
+            h.window.reset();
         }
+    }
+
+    /// The window since the previous call, which starts a new one.
+    pub fn take_window(&self) -> LatencySummary {
+        let h = match self.0.lock() {
+            Ok(mut w) => {
+                let h = w.window.clone();
+                w.window.reset();
+                h
+            }
+            Err(e) => e.into_inner().window.clone(),
+        };
+        summarise(&h)
     }
 
     /// p50, p99, p99.9 and max in milliseconds.
@@ -39,16 +64,20 @@ impl Latency {
         let h = self
             .0
             .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
-        let ms = |us: u64| us as f64 / 1000.0;
-        LatencySummary {
-            count: h.len(),
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        }
+            .map(|h| h.run.clone())
+            .unwrap_or_else(|e| e.into_inner().run.clone());
+        summarise(&h)
+    }
+}
+
+fn summarise(h: &Histogram<u64>) -> LatencySummary {
+    let ms = |us: u64| us as f64 / 1000.0;
+    LatencySummary {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
     }
 }
 
@@ -76,6 +105,10 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// Peak resident memory in bytes.
     pub peak_rss_bytes: u64,
+    /// Bytes the process caused to be written to storage (`write_bytes`
+    /// of /proc/PID/io): the write-ahead log, the database file and
+    /// anything else it wrote.
+    pub disk_write_bytes: u64,
 }
 
 /// Reads a process's CPU time and memory.
@@ -97,7 +130,16 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
             .map(|v| v * 1024)
             .unwrap_or(0)
     };
+    let disk_write_bytes = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
     Some(ProcSample {
+        disk_write_bytes,
         cpu_seconds: (utime + stime) / ticks,
         rss_bytes: kb("VmRSS:"),
         peak_rss_bytes: kb("VmHWM:"),

@@ -32,6 +32,8 @@ pub struct Server {
     _database: Option<TestDatabase>,
     /// Samverkan's admin endpoint.
     pub admin_port: Option<u16>,
+    /// Samverkan's database.
+    database_url: Option<String>,
 }
 
 impl Server {
@@ -45,6 +47,23 @@ impl Server {
             );
         }
         Ok(())
+    }
+
+    /// The size of Samverkan's database on disk: the SQLite file with its
+    /// write-ahead log, or `pg_database_size` on PostgreSQL.
+    pub async fn database_bytes(&self) -> Option<u64> {
+        let url = self.database_url.as_deref()?;
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let size = |p: String| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            return Some(size(path.to_string()) + size(format!("{path}-wal")));
+        }
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(url).await.ok()?;
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&mut db)
+            .await
+            .ok()?;
+        u64::try_from(size).ok()
     }
 
     /// The development PKI of this run.
@@ -109,6 +128,7 @@ pub async fn start(target: Target, backend: Backend, witnesses: usize) -> Result
     let log = dir.path().join("server.log");
     let log_file = std::fs::File::create(&log)?;
     let mut database = None;
+    let mut database_url = None;
     let mut admin_port = None;
     let mut child = match target {
         Target::Samverkan => {
@@ -127,6 +147,7 @@ pub async fn start(target: Target, backend: Backend, witnesses: usize) -> Result
                 "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[console]\nlisten = \"off\"\n\n[router]\nbatch_max = 2048\n",
                 db.url
             );
+            database_url = Some(db.url.clone());
             database = Some(db);
             std::fs::write(dir.path().join("samverkan.toml"), config)?;
             Command::new(sibling("samverkan")?)
@@ -182,6 +203,7 @@ pub async fn start(target: Target, backend: Backend, witnesses: usize) -> Result
         dir,
         _database: database,
         admin_port,
+        database_url,
     })
 }
 

@@ -1,6 +1,21 @@
 //! The broker's configuration: a TOML file of plain values (every setting
 //! optional, with development defaults), checked into a [`BrokerConfig`].
 //!
+//! Three steps, each done in one place:
+//!
+//! 1. **Parse.** serde reads the file into [`ConfigFile`], one struct per
+//!    `[section]`. The parser refuses unknown keys and values of the wrong
+//!    type, at their line.
+//! 2. **Default.** A key the file leaves out takes its value from its
+//!    section's `Default`, the one place each default is written: settings
+//!    a run-time module owns (the router's limits, the gateway's timeouts
+//!    and packet limits) are read from that module's `Default`, the file
+//!    names of the development PKI from [`DevPkiLayout`], and the rest are
+//!    written in the section's `Default` here.
+//! 3. **Check.** [`ConfigFile::check`] validates every value (ranges,
+//!    addresses, names), reports every mistake at once with file and line,
+//!    and builds the [`BrokerConfig`] the broker runs with.
+//!
 //! Relative paths in a file are relative to the file's directory; the
 //! development defaults are relative to the working directory.
 //!
@@ -8,54 +23,40 @@
 //! default and says why; a test below fails when a setting is added to the
 //! parser without it, or when its value there is not the default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use samverkan_sdk::names;
 use samverkan_sdk::source::SourceError;
 use serde::Deserialize;
+use thiserror::Error;
 use toml::Spanned;
 
 use crate::gateway::{GatewaySettings, TlsFiles};
+use crate::inspect;
 use crate::mqtt::MqttSettings;
+use crate::pki::DevPkiLayout;
 use crate::router::RouterSettings;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    gateway: RawGateway,
-    tls: RawTls,
-    signing: RawSigning,
-    policy: RawPolicy,
-    store: RawStore,
-    router: RawRouter,
-    audit: RawAudit,
-    admin: RawAdmin,
-    console: RawConsole,
-}
+/// The development PKI directory, relative to the working directory.
+pub const DEV_PKI_DIR: &str = "certs-dev";
+/// The development policy set, relative to the working directory.
+pub const DEV_POLICY_DIR: &str = "policies";
+/// The development database, relative to the working directory (also when
+/// a configuration file leaves `[store] url` out).
+pub const DEV_STORE_URL: &str = "sqlite://samverkan.db";
+/// The public MQTT-over-TLS address unless configured.
+pub const DEFAULT_LISTEN: SocketAddr = loopback(8883);
+/// The admin endpoint unless configured; also where `samverkan admin` looks.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = loopback(9883);
+/// The auditor console unless configured.
+pub const DEFAULT_CONSOLE_LISTEN: SocketAddr = loopback(9443);
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawConsole {
-    listen: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAdmin {
-    listen: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAudit {
-    origin: Option<Spanned<String>>,
-    subject_key: Option<String>,
-    checkpoint_interval_ms: Option<Spanned<u64>>,
-    checkpoint_every_entries: Option<Spanned<u64>>,
-    retention_interval_ms: Option<Spanned<u64>>,
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
 /// Settings of the audit log.
@@ -71,55 +72,6 @@ pub struct AuditSettings {
     pub checkpoint_every_entries: u64,
     /// How often content past its retention period is purged.
     pub retention_interval: Duration,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawGateway {
-    listen: Option<Spanned<String>>,
-    handshake_timeout_ms: Option<Spanned<u64>>,
-    connect_timeout_ms: Option<Spanned<u64>>,
-    max_connections_per_agency: Option<Spanned<u64>>,
-    connection_attempts_per_minute: Option<Spanned<u32>>,
-    max_subscriptions_per_connection: Option<Spanned<u64>>,
-    max_filters_per_agency: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawTls {
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-    crl: Option<String>,
-    crl_check_interval_ms: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawSigning {
-    key: Option<String>,
-    key_id: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPolicy {
-    dir: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawStore {
-    url: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRouter {
-    max_payload_bytes: Option<Spanned<u64>>,
-    max_clock_skew_ms: Option<Spanned<u64>>,
-    batch_max: Option<Spanned<u64>>,
 }
 
 /// The checked configuration.
@@ -157,286 +109,506 @@ pub struct BrokerConfig {
     pub crl_check_interval: Duration,
 }
 
-/// The development PKI directory, relative to the working directory.
-pub const DEV_PKI_DIR: &str = "certs-dev";
+/// Every mistake found in a configuration file, each naming the file and,
+/// where it has one, the line. Displayed one mistake per line.
+#[derive(Debug, Error)]
+#[error("{}", one_per_line(.problems))]
+pub struct ConfigError {
+    /// The mistakes, in the order of the checks.
+    pub problems: Vec<SourceError>,
+}
+
+fn one_per_line(problems: &[SourceError]) -> String {
+    problems
+        .iter()
+        .map(SourceError::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 impl BrokerConfig {
     /// The development defaults, with paths under `root`.
     pub fn development(root: &Path) -> Self {
-        Self::from_raw(RawConfig::default(), root, Path::new("(defaults)"), "")
-            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        ConfigFile::default()
+            .check(root, Path::new("(defaults)"), "")
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"))
     }
 
     /// Reads a configuration file; every mistake names the file and line.
-    pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let only = |problem| ConfigError {
+            problems: vec![problem],
+        };
         let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![SourceError::file(path, format!("cannot read: {e}"))])?;
-        let raw: RawConfig =
-            toml::from_str(&text).map_err(|e| vec![SourceError::from_toml(path, &text, &e)])?;
+            .map_err(|e| only(SourceError::file(path, format!("cannot read: {e}"))))?;
+        let file: ConfigFile =
+            toml::from_str(&text).map_err(|e| only(SourceError::from_toml(path, &text, &e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_raw(raw, base, path, &text)
+        file.check(base, path, &text)
+    }
+}
+
+/// A default: a value with no place in the file.
+fn unwritten<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+
+/// A default duration as the file writes it, in milliseconds.
+fn unwritten_ms(duration: Duration) -> Spanned<u64> {
+    unwritten(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A default count as the file writes it.
+fn unwritten_count(count: usize) -> Spanned<u64> {
+    unwritten(u64::try_from(count).unwrap_or(u64::MAX))
+}
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    gateway: GatewaySection,
+    tls: TlsSection,
+    signing: SigningSection,
+    policy: PolicySection,
+    store: StoreSection,
+    router: RouterSection,
+    audit: AuditSection,
+    admin: AdminSection,
+    console: ConsoleSection,
+}
+
+/// `[gateway]`: the public listener and what one client or agency may hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GatewaySection {
+    listen: Spanned<String>,
+    handshake_timeout_ms: Spanned<u64>,
+    connect_timeout_ms: Spanned<u64>,
+    max_connections_per_agency: Spanned<u64>,
+    connection_attempts_per_minute: Spanned<u32>,
+    max_subscriptions_per_connection: Spanned<u64>,
+    max_filters_per_agency: Spanned<u64>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let gateway = GatewaySettings::default();
+        Self {
+            listen: unwritten(DEFAULT_LISTEN.to_string()),
+            handshake_timeout_ms: unwritten_ms(gateway.handshake_timeout),
+            connect_timeout_ms: unwritten_ms(gateway.connect_timeout),
+            max_connections_per_agency: unwritten(256),
+            connection_attempts_per_minute: unwritten(600),
+            max_subscriptions_per_connection: unwritten_count(
+                gateway.packet_limits.subscriptions_per_connection,
+            ),
+            max_filters_per_agency: unwritten_count(gateway.packet_limits.filters_per_agency),
+        }
+    }
+}
+
+/// `[tls]`: the public listener's certificates and revocation list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    /// `None`: the development CA, with its CRL when that file exists and
+    /// `crl` is not given either.
+    ca: Option<PathBuf>,
+    cert: PathBuf,
+    key: PathBuf,
+    crl: Option<PathBuf>,
+    crl_check_interval_ms: Spanned<u64>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        let pki = DevPkiLayout::new(DEV_PKI_DIR);
+        Self {
+            ca: None,
+            cert: pki.server_cert(),
+            key: pki.server_key(),
+            crl: None,
+            crl_check_interval_ms: unwritten(5_000),
+        }
+    }
+}
+
+/// `[signing]`: the broker's own signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SigningSection {
+    key: PathBuf,
+    key_id: Spanned<String>,
+}
+
+impl Default for SigningSection {
+    fn default() -> Self {
+        Self {
+            key: DevPkiLayout::new(DEV_PKI_DIR).broker_signing_key(),
+            key_id: unwritten(DevPkiLayout::broker_key_id()),
+        }
+    }
+}
+
+/// `[policy]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PolicySection {
+    dir: PathBuf,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEV_POLICY_DIR),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreSection {
+    /// `None`: [`DEV_STORE_URL`], relative to the working directory.
+    url: Option<Spanned<String>>,
+}
+
+/// `[router]`: the pipeline's limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RouterSection {
+    max_payload_bytes: Spanned<u64>,
+    max_clock_skew_ms: Spanned<u64>,
+    batch_max: Spanned<u64>,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        let router = RouterSettings::default();
+        Self {
+            max_payload_bytes: unwritten_count(router.max_payload_bytes),
+            max_clock_skew_ms: unwritten(u64::try_from(router.max_clock_skew_ms).unwrap_or(0)),
+            batch_max: unwritten_count(router.batch_max),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuditSection {
+    origin: Spanned<String>,
+    subject_key: PathBuf,
+    checkpoint_interval_ms: Spanned<u64>,
+    checkpoint_every_entries: Spanned<u64>,
+    retention_interval_ms: Spanned<u64>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            origin: unwritten("samverkan-dev/audit".into()),
+            subject_key: DevPkiLayout::new(DEV_PKI_DIR).subject_key(),
+            checkpoint_interval_ms: unwritten(500),
+            checkpoint_every_entries: unwritten(1000),
+            retention_interval_ms: unwritten(3_600_000),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AdminSection {
+    listen: Spanned<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: unwritten(DEFAULT_ADMIN_LISTEN.to_string()),
+        }
+    }
+}
+
+/// `[console]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConsoleSection {
+    listen: Spanned<String>,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        Self {
+            listen: unwritten(DEFAULT_CONSOLE_LISTEN.to_string()),
+        }
+    }
+}
+
+/// The mistakes found so far in one file.
+struct Mistakes<'a> {
+    file: &'a Path,
+    text: &'a str,
+    found: Vec<SourceError>,
+}
+
+impl Mistakes<'_> {
+    /// `value` converted by `convert`; when `convert` refuses it, its
+    /// message is noted at the value's line and `None` returned, so that
+    /// every setting is checked before the first mistake is reported.
+    fn check<T, U>(
+        &mut self,
+        value: &Spanned<T>,
+        convert: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
+        match convert(value.get_ref()) {
+            Ok(converted) => Some(converted),
+            Err(message) => {
+                self.found.push(SourceError::at(
+                    self.file,
+                    self.text,
+                    value.span().start,
+                    message,
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// An address to listen on.
+fn address(example: SocketAddr) -> impl FnOnce(&String) -> Result<SocketAddr, String> {
+    move |s| {
+        s.parse()
+            .map_err(|_| format!("listen: `{s}` is not an address like {example}"))
+    }
+}
+
+/// An address to listen on, or `"off"` (or `""`) for none.
+fn optional_address(
+    example: SocketAddr,
+) -> impl FnOnce(&String) -> Result<Option<SocketAddr>, String> {
+    move |s| match s.as_str() {
+        "" | "off" => Ok(None),
+        _ => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("listen: `{s}` is not an address like {example} (or \"off\")")),
+    }
+}
+
+/// A time in milliseconds, more than 0.
+fn positive_ms(name: &str) -> impl FnOnce(&u64) -> Result<Duration, String> {
+    move |&ms| match ms {
+        0 => Err(format!("{name} must be more than 0")),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// A count of at least 1.
+fn at_least_one(name: &str) -> impl FnOnce(&u64) -> Result<usize, String> {
+    move |&n| match n {
+        0 => Err(format!("{name} must be at least 1")),
+        n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+    }
+}
+
+/// A count within `range`.
+fn within(name: &str, range: RangeInclusive<usize>) -> impl FnOnce(&u64) -> Result<usize, String> {
+    move |&n| match usize::try_from(n) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{name} must be between {} and {}, not {n}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// The clock skew allowed, at least a second.
+fn clock_skew(&ms: &u64) -> Result<i64, String> {
+    match i64::try_from(ms) {
+        Ok(ms) if ms >= 1000 => Ok(ms),
+        _ => Err(format!("max_clock_skew_ms must be at least 1000, not {ms}")),
+    }
+}
+
+fn key_id(id: &String) -> Result<String, String> {
+    names::validate_key_id(id)
+        .map(|()| id.clone())
+        .map_err(|e| format!("key_id: {e}"))
+}
+
+fn origin(origin: &String) -> Result<String, String> {
+    if origin.is_empty()
+        || !origin.is_ascii()
+        || origin.chars().any(|c| c.is_whitespace() || c == '+')
+    {
+        return Err("origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\"".into());
+    }
+    Ok(origin.clone())
+}
+
+/// A database URL; a relative SQLite file is relative to `base`.
+fn store_url(base: &Path) -> impl FnOnce(&String) -> Result<String, String> {
+    move |url| {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err("url must start with sqlite:// or postgres://".into());
+        }
+        Ok(match url.strip_prefix("sqlite://") {
+            Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
+                format!("sqlite://{}", base.join(rest).display())
+            }
+            _ => url.clone(),
+        })
+    }
+}
+
+impl ConfigFile {
+    /// Validates every value and builds the configuration, with relative
+    /// paths under `base`; `file` and `text` locate the mistakes.
+    fn check(self, base: &Path, file: &Path, text: &str) -> Result<BrokerConfig, ConfigError> {
+        let mut mistakes = Mistakes {
+            file,
+            text,
+            found: Vec::new(),
+        };
+        let config = self.build(base, &mut mistakes);
+        let mut problems = mistakes.found;
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                // In the order of the file, as one reads and fixes it.
+                problems.sort_by_key(|p| (p.line, p.column));
+                Err(ConfigError { problems })
+            }
+        }
     }
 
-    fn from_raw(
-        raw: RawConfig,
-        base: &Path,
-        file: &Path,
-        text: &str,
-    ) -> Result<Self, Vec<SourceError>> {
-        let mut errors = Vec::new();
-        let mut err =
-            |offset: usize, msg: String| errors.push(SourceError::at(file, text, offset, msg));
-        let path =
-            |p: Option<String>, default: &str| base.join(p.unwrap_or_else(|| default.to_string()));
+    /// Checks every value (noting each mistake), then builds the
+    /// configuration if none was found.
+    fn build(self, base: &Path, m: &mut Mistakes) -> Option<BrokerConfig> {
+        let Self {
+            gateway,
+            tls,
+            signing,
+            policy,
+            store,
+            router,
+            audit,
+            admin,
+            console,
+        } = self;
 
-        let listen = match &raw.gateway.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 8883)),
-            Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
-                err(
-                    s.span().start,
-                    format!(
-                        "listen: `{}` is not an address like 127.0.0.1:8883",
-                        s.get_ref()
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 8883))
-            }),
-        };
-        let millis = |v: &Option<Spanned<u64>>,
-                      default: u64,
-                      what: &str,
-                      err: &mut dyn FnMut(usize, String)| {
-            match v {
-                None => Duration::from_millis(default),
-                Some(s) if *s.get_ref() == 0 => {
-                    err(s.span().start, format!("{what} must be more than 0"));
-                    Duration::from_millis(default)
-                }
-                Some(s) => Duration::from_millis(*s.get_ref()),
-            }
-        };
-        let handshake_timeout = millis(
-            &raw.gateway.handshake_timeout_ms,
-            10_000,
-            "handshake_timeout_ms",
-            &mut err,
+        let listen = m.check(&gateway.listen, address(DEFAULT_LISTEN));
+        let handshake_timeout = m.check(
+            &gateway.handshake_timeout_ms,
+            positive_ms("handshake_timeout_ms"),
         );
-        let connect_timeout = millis(
-            &raw.gateway.connect_timeout_ms,
-            10_000,
-            "connect_timeout_ms",
-            &mut err,
+        let connect_timeout = m.check(
+            &gateway.connect_timeout_ms,
+            positive_ms("connect_timeout_ms"),
         );
-        let attempts = match &raw.gateway.connection_attempts_per_minute {
-            None => NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
-            Some(s) => NonZeroU32::new(*s.get_ref()).unwrap_or_else(|| {
-                err(
-                    s.span().start,
-                    "connection_attempts_per_minute must be at least 1".into(),
-                );
-                NonZeroU32::MIN
-            }),
-        };
-        let mut at_least_one =
-            |value: &Option<Spanned<u64>>, default: usize, name: &str| match value {
-                None => default,
-                Some(s) if *s.get_ref() == 0 => {
-                    err(s.span().start, format!("{name} must be at least 1"));
-                    1
-                }
-                Some(s) => usize::try_from(*s.get_ref()).unwrap_or(usize::MAX),
-            };
-        let per_agency = at_least_one(
-            &raw.gateway.max_connections_per_agency,
-            256,
-            "max_connections_per_agency",
+        let connection_attempts = m.check(&gateway.connection_attempts_per_minute, |&n| {
+            NonZeroU32::new(n)
+                .ok_or_else(|| "connection_attempts_per_minute must be at least 1".to_string())
+        });
+        let per_agency = m.check(
+            &gateway.max_connections_per_agency,
+            at_least_one("max_connections_per_agency"),
         );
-        let packet_defaults = crate::inspect::Limits::default();
-        let packet_limits = crate::inspect::Limits {
-            subscriptions_per_connection: at_least_one(
-                &raw.gateway.max_subscriptions_per_connection,
-                packet_defaults.subscriptions_per_connection,
-                "max_subscriptions_per_connection",
-            ),
-            filters_per_agency: at_least_one(
-                &raw.gateway.max_filters_per_agency,
-                packet_defaults.filters_per_agency,
-                "max_filters_per_agency",
-            ),
-        };
-        let key_id = match raw.signing.key_id {
-            None => "broker-dev-1".to_string(),
-            Some(s) => {
-                if let Err(e) = names::validate_key_id(s.get_ref()) {
-                    err(s.span().start, format!("key_id: {e}"));
-                }
-                s.into_inner()
-            }
-        };
-        let store_url = match raw.store.url {
-            None => "sqlite://samverkan.db".to_string(),
-            Some(s) => {
-                let url = s.get_ref();
-                if !(url.starts_with("sqlite:")
-                    || url.starts_with("postgres://")
-                    || url.starts_with("postgresql://"))
-                {
-                    err(
-                        s.span().start,
-                        "url must start with sqlite:// or postgres://".into(),
-                    );
-                }
-                // A relative SQLite file is relative to the configuration file.
-                match url.strip_prefix("sqlite://") {
-                    Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
-                        format!("sqlite://{}", base.join(rest).display())
-                    }
-                    _ => url.clone(),
-                }
-            }
-        };
-        let mut router = RouterSettings::default();
-        if let Some(s) = &raw.router.max_payload_bytes {
-            match usize::try_from(*s.get_ref()) {
-                Ok(n) if (1024..=16 * 1024 * 1024).contains(&n) => router.max_payload_bytes = n,
-                _ => err(
-                    s.span().start,
-                    "max_payload_bytes must be between 1024 and 16777216".into(),
-                ),
-            }
-        }
-        if let Some(s) = &raw.router.max_clock_skew_ms {
-            match i64::try_from(*s.get_ref()) {
-                Ok(n) if n >= 1000 => router.max_clock_skew_ms = n,
-                _ => err(
-                    s.span().start,
-                    "max_clock_skew_ms must be at least 1000".into(),
-                ),
-            }
-        }
-        if let Some(s) = &raw.router.batch_max {
-            match usize::try_from(*s.get_ref()) {
-                Ok(n) if (1..=10_000).contains(&n) => router.batch_max = n,
-                _ => err(
-                    s.span().start,
-                    "batch_max must be between 1 and 10000".into(),
-                ),
-            }
-        }
-        let origin = match raw.audit.origin {
-            None => "samverkan-dev/audit".to_string(),
-            Some(s) => {
-                let o = s.get_ref();
-                if o.is_empty() || o.chars().any(|c| c.is_whitespace() || c == '+') || !o.is_ascii()
-                {
-                    err(s.span().start, "origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\"".into());
-                }
-                s.into_inner()
-            }
-        };
-        let checkpoint_interval = millis(
-            &raw.audit.checkpoint_interval_ms,
-            500,
-            "checkpoint_interval_ms",
-            &mut err,
+        let subscriptions = m.check(
+            &gateway.max_subscriptions_per_connection,
+            at_least_one("max_subscriptions_per_connection"),
         );
-        let retention_interval = millis(
-            &raw.audit.retention_interval_ms,
-            3_600_000,
-            "retention_interval_ms",
-            &mut err,
+        let filters = m.check(
+            &gateway.max_filters_per_agency,
+            at_least_one("max_filters_per_agency"),
         );
-        let checkpoint_every_entries = match &raw.audit.checkpoint_every_entries {
-            None => 1000,
-            Some(s) if *s.get_ref() == 0 => {
-                err(
-                    s.span().start,
-                    "checkpoint_every_entries must be at least 1".into(),
-                );
-                1
-            }
-            Some(s) => *s.get_ref(),
+        let signing_key_id = m.check(&signing.key_id, key_id);
+        let store_url = match &store.url {
+            None => Some(DEV_STORE_URL.to_string()),
+            Some(url) => m.check(url, store_url(base)),
         };
-        let admin_listen = match &raw.admin.listen {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
-            Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
-            Some(s) => Some(s.get_ref().parse().unwrap_or_else(|_| {
-                err(
-                    s.span().start,
-                    format!(
-                        "listen: `{}` is not an address like 127.0.0.1:9883 (or \"off\")",
-                        s.get_ref()
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 9883))
-            })),
-        };
-        let console_listen = match &raw.console.listen {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9443))),
-            Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
-            Some(s) => Some(s.get_ref().parse().unwrap_or_else(|_| {
-                err(
-                    s.span().start,
-                    format!(
-                        "listen: `{}` is not an address like 127.0.0.1:9443 (or \"off\")",
-                        s.get_ref()
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 9443))
-            })),
-        };
-        let crl_check_interval = millis(
-            &raw.tls.crl_check_interval_ms,
-            5_000,
-            "crl_check_interval_ms",
-            &mut err,
+        let max_payload_bytes = m.check(
+            &router.max_payload_bytes,
+            within("max_payload_bytes", 1024..=16 * 1024 * 1024),
         );
-        let default_ca = raw.tls.ca.is_none();
-        let config = BrokerConfig {
-            listen,
+        let max_clock_skew_ms = m.check(&router.max_clock_skew_ms, clock_skew);
+        let batch_max = m.check(&router.batch_max, within("batch_max", 1..=10_000));
+        let origin = m.check(&audit.origin, origin);
+        let checkpoint_interval = m.check(
+            &audit.checkpoint_interval_ms,
+            positive_ms("checkpoint_interval_ms"),
+        );
+        let checkpoint_every_entries = m.check(&audit.checkpoint_every_entries, |&n| match n {
+            0 => Err("checkpoint_every_entries must be at least 1".into()),
+            n => Ok(n),
+        });
+        let retention_interval = m.check(
+            &audit.retention_interval_ms,
+            positive_ms("retention_interval_ms"),
+        );
+        let admin_listen = m.check(&admin.listen, optional_address(DEFAULT_ADMIN_LISTEN));
+        let console_listen = m.check(&console.listen, optional_address(DEFAULT_CONSOLE_LISTEN));
+        let crl_check_interval = m.check(
+            &tls.crl_check_interval_ms,
+            positive_ms("crl_check_interval_ms"),
+        );
+
+        let dev_pki = DevPkiLayout::new(base.join(DEV_PKI_DIR));
+        let crl = match (&tls.ca, tls.crl) {
+            (_, Some(crl)) => Some(base.join(crl)),
+            // The development PKI has a CRL; use it when no CA is configured otherwise.
+            (None, None) => Some(dev_pki.crl()).filter(|crl| crl.exists()),
+            (Some(_), None) => None,
+        };
+        Some(BrokerConfig {
+            listen: listen?,
             tls: TlsFiles {
-                ca: path(raw.tls.ca, "certs-dev/ca.pem"),
-                cert: path(raw.tls.cert, "certs-dev/broker.pem"),
-                key: path(raw.tls.key, "certs-dev/broker.key"),
-                // The development PKI has a CRL; use it when no CA is configured otherwise.
-                crl: match (raw.tls.crl, default_ca) {
-                    (Some(c), _) => Some(base.join(c)),
-                    (None, true) if base.join("certs-dev/crl.pem").exists() => {
-                        Some(base.join("certs-dev/crl.pem"))
-                    }
-                    (None, _) => None,
-                },
+                ca: tls.ca.map_or_else(|| dev_pki.ca_cert(), |ca| base.join(ca)),
+                cert: base.join(tls.cert),
+                key: base.join(tls.key),
+                crl,
             },
-            signing_key: path(raw.signing.key, "certs-dev/broker-signing.key"),
-            signing_key_id: key_id,
-            policy_dir: path(raw.policy.dir, "policies"),
-            store_url,
+            signing_key: base.join(signing.key),
+            signing_key_id: signing_key_id?,
+            policy_dir: base.join(policy.dir),
+            store_url: store_url?,
             gateway: GatewaySettings {
-                handshake_timeout,
-                connect_timeout,
-                packet_limits,
+                handshake_timeout: handshake_timeout?,
+                connect_timeout: connect_timeout?,
+                packet_limits: inspect::Limits {
+                    subscriptions_per_connection: subscriptions?,
+                    filters_per_agency: filters?,
+                },
                 ..GatewaySettings::default()
             },
-            connection_attempts_per_minute: attempts,
-            max_connections_per_agency: per_agency,
-            router,
+            connection_attempts_per_minute: connection_attempts?,
+            max_connections_per_agency: per_agency?,
+            router: RouterSettings {
+                max_payload_bytes: max_payload_bytes?,
+                max_clock_skew_ms: max_clock_skew_ms?,
+                batch_max: batch_max?,
+                ..RouterSettings::default()
+            },
             mqtt: MqttSettings::default(),
             audit: AuditSettings {
-                origin,
-                subject_key: path(raw.audit.subject_key, "certs-dev/subject-hash.key"),
-                checkpoint_interval,
-                checkpoint_every_entries,
-                retention_interval,
+                origin: origin?,
+                subject_key: base.join(audit.subject_key),
+                checkpoint_interval: checkpoint_interval?,
+                checkpoint_every_entries: checkpoint_every_entries?,
+                retention_interval: retention_interval?,
             },
-            admin_listen,
-            console_listen,
-            crl_check_interval,
-        };
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
-        }
+            admin_listen: admin_listen?,
+            console_listen: console_listen?,
+            crl_check_interval: crl_check_interval?,
+        })
     }
 }
 
@@ -484,21 +656,21 @@ mod tests {
     #[test]
     fn the_example_documents_every_setting_with_its_default() {
         let sections: Vec<(&str, Vec<&str>)> = vec![
-            ("admin", keys_of::<RawAdmin>()),
-            ("audit", keys_of::<RawAudit>()),
-            ("console", keys_of::<RawConsole>()),
-            ("gateway", keys_of::<RawGateway>()),
-            ("policy", keys_of::<RawPolicy>()),
-            ("router", keys_of::<RawRouter>()),
-            ("signing", keys_of::<RawSigning>()),
-            ("store", keys_of::<RawStore>()),
-            ("tls", keys_of::<RawTls>()),
+            ("admin", keys_of::<AdminSection>()),
+            ("audit", keys_of::<AuditSection>()),
+            ("console", keys_of::<ConsoleSection>()),
+            ("gateway", keys_of::<GatewaySection>()),
+            ("policy", keys_of::<PolicySection>()),
+            ("router", keys_of::<RouterSection>()),
+            ("signing", keys_of::<SigningSection>()),
+            ("store", keys_of::<StoreSection>()),
+            ("tls", keys_of::<TlsSection>()),
         ];
         let names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
         assert_eq!(
-            keys_of::<RawConfig>(),
+            keys_of::<ConfigFile>(),
             names,
-            "a section was added to RawConfig: add it here and to samverkan.example.toml"
+            "a section was added to ConfigFile: add it here and to samverkan.example.toml"
         );
 
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samverkan.example.toml");
@@ -525,7 +697,7 @@ mod tests {
 
         let loaded = match BrokerConfig::load(&example) {
             Ok(c) => c,
-            Err(errors) => panic!("{errors:?}"),
+            Err(errors) => panic!("{errors}"),
         };
         let base = example.parent().unwrap();
         let mut defaults = BrokerConfig::development(base);
@@ -540,7 +712,7 @@ mod tests {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/samverkan.toml");
         let config = match BrokerConfig::load(&file) {
             Ok(c) => c,
-            Err(errors) => panic!("{errors:?}"),
+            Err(errors) => panic!("{errors}"),
         };
         assert!(config.store_url.starts_with("postgres://"));
         assert_eq!(config.tls.ca, file.parent().unwrap().join("certs/ca.pem"));
@@ -556,7 +728,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("samverkan.toml");
         std::fs::write(&file, "[gateway]\nlisten = \"localhost\"\n\n[router]\nbatch_max = 0\n[store]\nurl = \"sqlite://data/s.db\"\n").unwrap();
-        let errors = BrokerConfig::load(&file).unwrap_err();
+        let errors = BrokerConfig::load(&file).unwrap_err().problems;
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(text[0].contains("samverkan.toml:2:"), "{text:?}");
         assert!(text[1].contains("samverkan.toml:5:"), "{text:?}");
@@ -578,7 +750,7 @@ mod tests {
             "[gateway]\nmax_subscriptions_per_connection = 4\nmax_filters_per_agency = 0\n",
         )
         .unwrap();
-        let errors = BrokerConfig::load(&file).unwrap_err();
+        let errors = BrokerConfig::load(&file).unwrap_err().problems;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].to_string().contains("samverkan.toml:3:")
@@ -593,10 +765,152 @@ mod tests {
         assert_eq!(config.gateway.packet_limits.filters_per_agency, 32);
 
         std::fs::write(&file, "[gateway]\nlisen = \"x\"\n").unwrap();
-        let errors = BrokerConfig::load(&file).unwrap_err();
+        let errors = BrokerConfig::load(&file).unwrap_err().problems;
         assert!(
             errors[0].to_string().contains("unknown field `lisen`"),
             "{errors:?}"
         );
+    }
+
+    /// Loads `text` as `samverkan.toml` in a new directory; the mistakes
+    /// found, displayed, with the file's path.
+    fn mistakes_in(text: &str) -> (Vec<String>, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        std::fs::write(&file, text).unwrap();
+        let error = BrokerConfig::load(&file).unwrap_err();
+        let shown = error.problems.iter().map(ToString::to_string).collect();
+        (shown, file, dir)
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_at_its_line_with_the_known_ones() {
+        let (errors, file, _dir) = mistakes_in("[router]\nbatch_max = 64\nmax_batch = 64\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let at = format!("{}:3:", file.display());
+        assert!(errors[0].starts_with(&at), "{errors:?} not at {at}");
+        assert!(
+            errors[0].contains("unknown field `max_batch`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("batch_max"),
+            "names the keys it knows: {errors:?}"
+        );
+
+        let (errors, file, _dir) = mistakes_in("[gateway]\nlisten = \"127.0.0.1:1\"\n\n[routre]\n");
+        assert!(
+            errors[0].starts_with(&format!("{}:4:", file.display())),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("unknown field `routre`"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_at_its_line() {
+        let (errors, file, _dir) =
+            mistakes_in("[audit]\norigin = \"x/audit\"\ncheckpoint_interval_ms = \"500\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{}:3:", file.display())),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("invalid type: string"), "{errors:?}");
+
+        let (errors, file, _dir) = mistakes_in("[tls]\nca = 7\n");
+        assert!(
+            errors[0].starts_with(&format!("{}:2:", file.display())),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("invalid type: integer"), "{errors:?}");
+
+        // Negative where only counts make sense.
+        let (errors, file, _dir) = mistakes_in("\n[gateway]\nmax_connections_per_agency = -1\n");
+        assert!(
+            errors[0].starts_with(&format!("{}:3:", file.display())),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn values_out_of_range_are_all_reported_in_file_order_with_their_lines() {
+        let (errors, file, _dir) = mistakes_in(
+            "[router]\nmax_payload_bytes = 512\nmax_clock_skew_ms = 10\n\n\
+             [gateway]\nhandshake_timeout_ms = 0\nconnection_attempts_per_minute = 0\n\n\
+             [audit]\norigin = \"my log\"\ncheckpoint_every_entries = 0\n\n\
+             [console]\nlisten = \"localhost:9443\"\n",
+        );
+        let file = file.display().to_string();
+        let expected = [
+            (
+                2,
+                "max_payload_bytes must be between 1024 and 16777216, not 512",
+            ),
+            (3, "max_clock_skew_ms must be at least 1000, not 10"),
+            (6, "handshake_timeout_ms must be more than 0"),
+            (7, "connection_attempts_per_minute must be at least 1"),
+            (10, "origin must be non-empty ASCII without spaces or `+`"),
+            (11, "checkpoint_every_entries must be at least 1"),
+            (
+                14,
+                "listen: `localhost:9443` is not an address like 127.0.0.1:9443 (or \"off\")",
+            ),
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, (line, message)) in errors.iter().zip(expected) {
+            assert!(
+                error.starts_with(&format!("{file}:{line}:")),
+                "{error} is not at line {line}"
+            );
+            assert!(error.contains(message), "{error} lacks {message}");
+        }
+    }
+
+    #[test]
+    fn the_error_shows_every_mistake_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        std::fs::write(
+            &file,
+            "[router]\nbatch_max = 0\n[store]\nurl = \"mysql://x\"\n",
+        )
+        .unwrap();
+        let shown = BrokerConfig::load(&file).unwrap_err().to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 2, "{shown}");
+        assert!(
+            lines[0].contains("samverkan.toml:2:") && lines[0].contains("batch_max"),
+            "{shown}"
+        );
+        assert!(
+            lines[1].contains("samverkan.toml:4:") && lines[1].contains("sqlite:// or postgres://"),
+            "{shown}"
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let shown = BrokerConfig::load(&missing).unwrap_err().to_string();
+        assert!(
+            shown.starts_with(&format!("{}: cannot read:", missing.display())),
+            "{shown}"
+        );
+    }
+
+    /// The settings a run-time module owns have their defaults there only:
+    /// the file's defaults are read from it.
+    #[test]
+    fn defaults_owned_by_the_pipeline_and_the_gateway_come_from_them() {
+        let dev = BrokerConfig::development(Path::new("/srv"));
+        let router = RouterSettings::default();
+        assert_eq!(dev.router.max_payload_bytes, router.max_payload_bytes);
+        assert_eq!(dev.router.max_clock_skew_ms, router.max_clock_skew_ms);
+        assert_eq!(dev.router.batch_max, router.batch_max);
+        assert_eq!(dev.router.replay_limit, router.replay_limit);
+        let gateway = GatewaySettings::default();
+        assert_eq!(dev.gateway.handshake_timeout, gateway.handshake_timeout);
+        assert_eq!(dev.gateway.connect_timeout, gateway.connect_timeout);
+        assert_eq!(dev.gateway.packet_limits, gateway.packet_limits);
+        assert_eq!(dev.signing_key_id, DevPkiLayout::broker_key_id());
+        assert_eq!(dev.admin_listen, Some(DEFAULT_ADMIN_LISTEN));
+        assert_eq!(dev.tls.ca, Path::new("/srv/certs-dev/ca.pem"));
     }
 }

@@ -390,3 +390,246 @@ fn closed_stdout_ends_commands_quietly() {
     let out = samverkan_into_closed_pipe(&["audit", "verify"], work.path());
     assert_ended_by_sigpipe(&out, "audit verify");
 }
+
+/// A `samverkan serve` process, killed when the test ends however it ends.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `serve`'s --listen, --store and --log-format win over the configuration
+/// file, and `admin --admin` reaches the admin endpoint it opened.
+#[test]
+fn serve_flags_override_the_file_and_admin_reaches_the_broker() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(&shipped(), &work.path().join("policies"));
+    let pki = Command::new(env!("CARGO_BIN_EXE_samverkan"))
+        .args(["pki", "dev"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(pki.status.success(), "{}", text(&pki).1);
+    // The file names an address and a database the flags replace.
+    std::fs::write(
+        work.path().join("samverkan.toml"),
+        "[gateway]\nlisten = \"127.0.0.1:1\"\n\n[store]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n[console]\nlisten = \"off\"\n",
+    )
+    .unwrap();
+    let mut broker = Serving(
+        Command::new(env!("CARGO_BIN_EXE_samverkan"))
+            .args([
+                "serve",
+                "--config",
+                "samverkan.toml",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--store", "sqlite://override.db", "--log-format", "json"])
+            .current_dir(work.path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The start summary, then JSON log lines until the broker accepts
+    // connections (or its output ends, if it does not start).
+    let stdout = std::io::BufReader::new(broker.0.stdout.take().unwrap());
+    let (mut summary, mut admin, mut mqtt) = (String::new(), None, None);
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+            summary += &line;
+            summary += "\n";
+            continue;
+        };
+        let fields = &log["fields"];
+        let listen = fields["listen"].as_str().map(str::to_string);
+        match fields["message"].as_str() {
+            Some("health, metrics and admin endpoints") => admin = listen,
+            Some("accepting MQTT over mutual TLS (3.1.1 and 5)") => {
+                mqtt = listen;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        summary.contains("listening    mqtts://127.0.0.1:0 "),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("store        sqlite://override.db\n"),
+        "{summary}"
+    );
+    let mqtt: std::net::SocketAddr = mqtt
+        .unwrap_or_else(|| panic!("no JSON log line saying the broker started:\n{summary}"))
+        .parse()
+        .unwrap();
+    assert_ne!(mqtt.port(), 1, "the file's address was used");
+    // A relative SQLite file from --store is in the working directory.
+    assert!(work.path().join("override.db").exists());
+
+    let admin = admin.expect("the admin endpoint's address in the logs");
+    for command in ["health", "reload"] {
+        let out = samverkan(&["admin", "--admin", &admin, command]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "admin {command}: {stdout}\n{stderr}");
+        assert!(
+            stdout.trim_start().starts_with('{'),
+            "admin {command}: {stdout}"
+        );
+    }
+}
+
+/// `admin` without a broker at --admin says where it looked.
+#[test]
+fn admin_names_the_endpoint_it_cannot_reach() {
+    // A port nothing listens on: one just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let out = samverkan(&["admin", "--admin", &address, "health"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no broker admin endpoint at {address}")),
+        "{stderr}"
+    );
+}
+
+/// `serve --config` with mistakes prints each at its file and line and
+/// starts nothing.
+#[test]
+fn serve_refuses_a_configuration_with_mistakes_naming_file_and_line() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("samverkan.toml");
+    std::fs::write(
+        &file,
+        "[router]\nbatch_max = 0\n\n[gateway]\nlisten = \"localhost\"\n",
+    )
+    .unwrap();
+    let out = samverkan(&["serve", "--config", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{}:2:", file.display()))
+            && lines[0].contains("batch_max must be between 1 and 10000"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{}:5:", file.display()))
+            && lines[1].contains("`localhost` is not an address like 127.0.0.1:8883"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("listening"), "{stdout}");
+
+    std::fs::write(&file, "[gateway]\nlisen = \"127.0.0.1:8883\"\n").unwrap();
+    let out = samverkan(&["serve", "--config", file.to_str().unwrap()]);
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:", file.display()))
+            && stderr.contains("unknown field `lisen`"),
+        "{stderr}"
+    );
+}
+
+/// Every subcommand explains itself with --help, naming each of its flags.
+#[test]
+fn help_names_every_flag_of_every_command() {
+    let commands: [(&[&str], &[&str]); 12] = [
+        (
+            &["serve"],
+            &[
+                "--config",
+                "--listen",
+                "--store",
+                "--log-format",
+                "samverkan.example.toml",
+            ],
+        ),
+        (&["policy", "check"], &["[DIR]", "[default: policies]"]),
+        (
+            &["policy", "explain"],
+            &[
+                "--from",
+                "--to",
+                "--type",
+                "--topic",
+                "--alert",
+                "--dir",
+                "--version",
+                "--store",
+                "--config",
+            ],
+        ),
+        (
+            &["audit", "verify"],
+            &[
+                "--checkpoint",
+                "--quiet",
+                "--config",
+                "--store",
+                "--broker-keys",
+            ],
+        ),
+        (
+            &["audit", "query"],
+            &[
+                "--alert",
+                "--agency",
+                "--rule",
+                "--legal-basis",
+                "--type",
+                "--kind",
+                "--from",
+                "--to",
+                "--limit",
+                "--format",
+                "--config",
+                "--store",
+                "--broker-keys",
+            ],
+        ),
+        (&["audit", "prove"], &["<ENTRY>", "--out"]),
+        (&["audit", "check-proof"], &["<BUNDLE>"]),
+        (
+            &["audit", "subject"],
+            &["<IDENTIFIER>", "--include-denials", "--format"],
+        ),
+        (&["audit", "consistency"], &["<OLD>", "[NEW]"]),
+        (
+            &["admin"],
+            &["--admin", "[default: 127.0.0.1:9883]", "reload", "health"],
+        ),
+        (
+            &["pki", "revoke"],
+            &["<CERTIFICATE>", "--dir", "[default: certs-dev]"],
+        ),
+        (&["pki", "dev"], &["--out", "--policies", "--force"]),
+    ];
+    for (command, flags) in commands {
+        let out = samverkan(&[command, &["--help"]].concat());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{command:?}: {stderr}");
+        for flag in flags {
+            assert!(
+                stdout.contains(flag),
+                "{command:?} --help lacks {flag}:\n{stdout}"
+            );
+        }
+    }
+}

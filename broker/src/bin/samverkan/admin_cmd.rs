@@ -6,6 +6,39 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::Subcommand;
+use samverkan_broker::config::DEFAULT_ADMIN_LISTEN;
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The broker's admin endpoint ([admin] listen in its configuration file).
+    #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN)]
+    pub admin: SocketAddr,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Re-read the policy set and the TLS files (like SIGHUP); exit 1 if either was refused.
+    Reload,
+    /// Print the broker's health; exit 1 unless it is healthy.
+    Health,
+}
+
+pub fn run(args: AdminArgs) -> Result<ExitCode> {
+    let (method, path) = match args.command {
+        AdminCommand::Reload => ("POST", "/admin/reload"),
+        AdminCommand::Health => ("GET", "/health"),
+    };
+    let (status, body) = request(args.admin, method, path)?;
+    println!("{body}");
+    Ok(if status == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
 /// Sends one HTTP/1.1 request and returns (status, body).
 fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
@@ -25,24 +58,4 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> 
         .and_then(|s| s.parse().ok())
         .context("not an HTTP response")?;
     Ok((status, body.to_string()))
-}
-
-pub fn reload(addr: SocketAddr) -> Result<ExitCode> {
-    let (status, body) = request(addr, "POST", "/admin/reload")?;
-    println!("{body}");
-    Ok(if status == 200 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-pub fn health(addr: SocketAddr) -> Result<ExitCode> {
-    let (status, body) = request(addr, "GET", "/health")?;
-    println!("{body}");
-    Ok(if status == 200 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use clap::Subcommand;
 use samverkan_broker::audit::evidence::build_bundle;
 use samverkan_broker::audit::subject::SubjectHasher;
 use samverkan_broker::audit::tree::{consistency_proof, stored_root};
@@ -18,26 +19,139 @@ use samverkan_sdk::audit::proof::verify_consistency;
 use samverkan_sdk::keys::KeyRegistry;
 use samverkan_sdk::time::{format_ms, parse_rfc3339_ms};
 
-/// Where the log is and how to read it: from a configuration file, or the
-/// development defaults, with overrides.
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub source: Source,
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// Where the audit log is (default: the development layout in the working directory).
+#[derive(clap::Args)]
 pub struct Source {
+    /// The broker's configuration file (for the database URL and keys).
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// The database URL (overrides the configuration).
+    #[arg(long, global = true)]
     pub store: Option<String>,
+    /// The broker's public keys (default: broker-keys.toml beside the broker's signing key).
+    #[arg(long, global = true)]
     pub broker_keys: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the whole log and check it against every signed checkpoint; exit 1 at the first problem.
+    Verify(VerifyArgs),
+    /// List entries, filtered.
+    Query(QueryArgs),
+    /// Write the evidence bundle for one entry (checkable offline with `check-proof`).
+    Prove(ProveArgs),
+    /// Check an evidence bundle offline, with only the bundle and the broker's public keys.
+    CheckProof(CheckProofArgs),
+    /// Every share that concerned a person or company (registerutdrag).
+    Subject(SubjectArgs),
+    /// Prove that the log at one signed checkpoint is a prefix of the log at a later one.
+    Consistency(ConsistencyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Checkpoints kept by agencies (signed notes) that the log must be consistent with.
+    #[arg(long = "checkpoint")]
+    pub checkpoints: Vec<PathBuf>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// Entries about this alert.
+    #[arg(long)]
+    pub alert: Option<String>,
+    /// Entries where this agency is publisher or recipient.
+    #[arg(long)]
+    pub agency: Option<String>,
+    /// Entries under this rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Entries under this legal basis.
+    #[arg(long)]
+    pub legal_basis: Option<String>,
+    /// Entries about this alert type.
+    #[arg(long = "type")]
+    pub alert_type: Option<String>,
+    /// share, denial, rejection, ack, policy_loaded, key_revoked or retention_purge.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// From this date or time (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this date or time (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// At most this many entries.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct ProveArgs {
+    /// The entry's index.
+    pub entry: u64,
+    /// Where to write it (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct CheckProofArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SubjectArgs {
+    /// A personnummer, samordningsnummer or organisationsnummer.
+    pub identifier: String,
+    /// Also list denials.
+    #[arg(long)]
+    pub include_denials: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct ConsistencyArgs {
+    /// The older checkpoint's size.
+    pub old: u64,
+    /// The newer checkpoint's size (default: the newest).
+    pub new: Option<u64>,
+}
+
+pub fn run(args: AuditArgs) -> Result<ExitCode> {
+    let source = &args.source;
+    match args.command {
+        AuditCommand::Verify(args) => verify(source, &args),
+        AuditCommand::Query(args) => query(source, args),
+        AuditCommand::Prove(args) => prove(source, &args),
+        AuditCommand::CheckProof(args) => check_proof(source, &args),
+        AuditCommand::Subject(args) => subject(source, &args),
+        AuditCommand::Consistency(args) => consistency(source, &args),
+    }
 }
 
 impl Source {
     fn config(&self) -> Result<BrokerConfig> {
         let mut config = match &self.config {
-            Some(path) => BrokerConfig::load(path).map_err(|errors| {
-                anyhow::anyhow!(
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?,
+            Some(path) => BrokerConfig::load(path)?,
             None => BrokerConfig::development(Path::new(".")),
         };
         if let Some(url) = &self.store {
@@ -96,8 +210,12 @@ const CANNOT_DETECT: &str = "\
     a changed entry whose leaf hashes and tree were recomputed, when no record signed by the broker
       covers the changed field, is found, but only as the range between two checkpoints";
 
-pub fn verify(source: &Source, witnessed: &[PathBuf], quiet: bool) -> Result<ExitCode> {
+fn verify(source: &Source, args: &VerifyArgs) -> Result<ExitCode> {
     use std::io::IsTerminal;
+    let VerifyArgs {
+        checkpoints: witnessed,
+        quiet,
+    } = args;
     let keys = source.broker_keys()?;
     let notes = witnessed
         .iter()
@@ -105,7 +223,7 @@ pub fn verify(source: &Source, witnessed: &[PathBuf], quiet: bool) -> Result<Exi
         .collect::<Result<Vec<_>>>()?;
     // Progress rewrites one line, so only on a terminal: captured, it would
     // run into whatever is written next.
-    let show_progress = !quiet && std::io::stderr().is_terminal();
+    let show_progress = !*quiet && std::io::stderr().is_terminal();
     runtime()?.block_on(async {
         let store = source.store().await?;
         let started = std::time::Instant::now();
@@ -221,27 +339,26 @@ fn parse_time(s: &str) -> Result<i64> {
 }
 
 /// How entries are printed.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Json,
     Csv,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn query(
-    source: &Source,
-    alert: Option<String>,
-    agency: Option<String>,
-    rule: Option<String>,
-    legal_basis: Option<String>,
-    alert_type: Option<String>,
-    kind: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<u64>,
-    format: Format,
-) -> Result<ExitCode> {
+fn query(source: &Source, args: QueryArgs) -> Result<ExitCode> {
+    let QueryArgs {
+        alert,
+        agency,
+        rule,
+        legal_basis,
+        alert_type,
+        kind,
+        from,
+        to,
+        limit,
+        format,
+    } = args;
     let kind = kind
         .map(|k| {
             EntryKind::parse(&k).with_context(|| {
@@ -362,7 +479,8 @@ fn print_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -
     Ok(())
 }
 
-pub fn prove(source: &Source, index: u64, out: Option<&Path>) -> Result<ExitCode> {
+fn prove(source: &Source, args: &ProveArgs) -> Result<ExitCode> {
+    let (index, out) = (args.entry, args.out.as_deref());
     runtime()?.block_on(async {
         let store = source.store().await?;
         let bundle = build_bundle(&store, index).await?;
@@ -382,7 +500,8 @@ pub fn prove(source: &Source, index: u64, out: Option<&Path>) -> Result<ExitCode
     })
 }
 
-pub fn check_proof(source: &Source, bundle: &Path) -> Result<ExitCode> {
+fn check_proof(source: &Source, args: &CheckProofArgs) -> Result<ExitCode> {
+    let bundle = &args.bundle;
     let keys = source.broker_keys()?;
     let bytes =
         std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
@@ -455,12 +574,13 @@ pub fn check_proof(source: &Source, bundle: &Path) -> Result<ExitCode> {
     }
 }
 
-pub fn subject(
-    source: &Source,
-    identifier: &str,
-    include_denials: bool,
-    format: Format,
-) -> Result<ExitCode> {
+fn subject(source: &Source, args: &SubjectArgs) -> Result<ExitCode> {
+    let SubjectArgs {
+        identifier,
+        include_denials,
+        format,
+    } = args;
+    let (include_denials, format) = (*include_denials, *format);
     let config = source.config()?;
     let hasher = SubjectHasher::load(&config.audit.subject_key)?;
     let hash = match hasher.hash_identifier(identifier) {
@@ -507,7 +627,8 @@ pub fn subject(
     })
 }
 
-pub fn consistency(source: &Source, old: u64, new: Option<u64>) -> Result<ExitCode> {
+fn consistency(source: &Source, args: &ConsistencyArgs) -> Result<ExitCode> {
+    let ConsistencyArgs { old, new } = *args;
     let keys = source.broker_keys()?;
     runtime()?.block_on(async {
         let store = source.store().await?;

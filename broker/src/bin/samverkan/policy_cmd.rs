@@ -1,11 +1,73 @@
 //! `samverkan policy check` and `samverkan policy explain`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::Subcommand;
+use samverkan_broker::config::{BrokerConfig, DEV_POLICY_DIR};
 use samverkan_broker::policy::{DecisionInput, PolicySet, Rule};
 use serde_json::{Map, Value};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy set and print a summary; exit 1 with every mistake (file:line) otherwise.
+    Check(CheckArgs),
+    /// Show which rule lets one agency share an alert type with another, and which fields go.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The policy directory.
+    #[arg(default_value = DEV_POLICY_DIR)]
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// The publishing agency.
+    #[arg(long)]
+    pub from: String,
+    /// The receiving agency.
+    #[arg(long)]
+    pub to: String,
+    /// The alert type.
+    #[arg(long = "type")]
+    pub alert_type: String,
+    /// The logical topic (required with --alert).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// A JSON file with the alert's fields, to decide for a concrete alert.
+    #[arg(long, requires = "topic")]
+    pub alert: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PolicySource,
+}
+
+/// Which policy to explain: a directory, or an archived version.
+#[derive(clap::Args)]
+pub struct PolicySource {
+    /// The policy directory.
+    #[arg(long, default_value = DEV_POLICY_DIR)]
+    pub dir: PathBuf,
+    /// Explain with an archived policy version instead (full `sha256:…` or its first 12 hex digits), read from the broker's store.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The database URL of the store holding the archive (with --version).
+    #[arg(long, requires = "version")]
+    pub store: Option<String>,
+    /// The broker's configuration file (for the store, with --version).
+    #[arg(long, requires = "version")]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(command: PolicyCommand) -> Result<ExitCode> {
+    match command {
+        PolicyCommand::Check(args) => check(&args.dir),
+        PolicyCommand::Explain(args) => explain(&args),
+    }
+}
 
 fn load(dir: &Path) -> Result<Option<PolicySet>> {
     match PolicySet::load(dir) {
@@ -17,7 +79,7 @@ fn load(dir: &Path) -> Result<Option<PolicySet>> {
     }
 }
 
-pub fn check(dir: &Path) -> Result<ExitCode> {
+fn check(dir: &Path) -> Result<ExitCode> {
     let Some(set) = load(dir)? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -94,30 +156,14 @@ fn print_rule(set: &PolicySet, rule: &Rule, recipient: &str) {
     }
 }
 
-/// Which policy to explain: a directory, or an archived version.
-pub struct PolicySource {
-    pub dir: std::path::PathBuf,
-    pub version: Option<String>,
-    pub store: Option<String>,
-    pub config: Option<std::path::PathBuf>,
-}
-
 /// Loads an archived policy version from the store into a temporary directory.
 fn archived(
     source: &PolicySource,
     version: &str,
 ) -> Result<(tempfile::TempDir, Option<PolicySet>)> {
     let mut config = match &source.config {
-        Some(path) => samverkan_broker::config::BrokerConfig::load(path).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?,
-        None => samverkan_broker::config::BrokerConfig::development(Path::new(".")),
+        Some(path) => BrokerConfig::load(path)?,
+        None => BrokerConfig::development(Path::new(".")),
     };
     if let Some(url) = &source.store {
         config.store_url = url.clone();
@@ -161,14 +207,17 @@ fn archived(
     Ok((dir, set))
 }
 
-pub fn explain(
-    source: &PolicySource,
-    from: &str,
-    to: &str,
-    alert_type: &str,
-    topic: Option<&str>,
-    alert: Option<&Path>,
-) -> Result<ExitCode> {
+fn explain(args: &ExplainArgs) -> Result<ExitCode> {
+    let ExplainArgs {
+        from,
+        to,
+        alert_type,
+        topic,
+        alert,
+        source,
+    } = args;
+    let (from, to, alert_type) = (from.as_str(), to.as_str(), alert_type.as_str());
+    let (topic, alert) = (topic.as_deref(), alert.as_deref());
     let (_archive, set) = match &source.version {
         Some(version) => {
             let (dir, set) = archived(source, version)?;

@@ -1,5 +1,6 @@
 //! `samverkan serve`
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,20 +10,54 @@ use samverkan_broker::pki::{self, DevPkiLayout};
 use samverkan_broker::server::{Broker, redact_url};
 use tokio::net::TcpListener;
 
+/// Shown after the options in `samverkan serve --help`.
+pub const AFTER_HELP: &str = "Every setting of the configuration file, with its default and why, is in samverkan.example.toml at the root of the source repository. Relative paths in a configuration file resolve against the file's directory, not the working directory; a relative sqlite:// path given with --store resolves against the working directory.";
+
+#[derive(clap::Args)]
 pub struct ServeArgs {
+    /// A configuration file (TOML; every setting is optional, see samverkan.example.toml).
+    /// Relative paths in it resolve against its directory.
+    #[arg(long)]
     pub config: Option<PathBuf>,
-    pub listen: Option<std::net::SocketAddr>,
+    /// Override the public listen address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Override the database URL (sqlite://FILE or postgres://…).
+    #[arg(long)]
     pub store: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            // rumqttd reports every ordinary disconnect as an error; its
+            // other warnings (such as a lagging subscriber) stay visible.
+            "info,rumqttd=warn,rumqttd::server::broker=off",
+        )
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    init_logging(args.log_format);
     let mut config = match &args.config {
         Some(path) => match BrokerConfig::load(path) {
             Ok(c) => c,
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("{e}");
-                }
+            Err(mistakes) => {
+                eprintln!("{mistakes}");
                 return Ok(ExitCode::FAILURE);
             }
         },

@@ -23,6 +23,7 @@
 //! default and says why; a test below fails when a setting is added to the
 //! parser without it, or when its value there is not the default.
 
+use std::borrow::Borrow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
@@ -358,12 +359,12 @@ impl Mistakes<'_> {
     /// `value` converted by `convert`; when `convert` refuses it, its
     /// message is noted at the value's line and `None` returned, so that
     /// every setting is checked before the first mistake is reported.
-    fn check<T, U>(
+    fn check<T: Borrow<B>, B: ?Sized, U>(
         &mut self,
         value: &Spanned<T>,
-        convert: impl FnOnce(&T) -> Result<U, String>,
+        convert: impl FnOnce(&B) -> Result<U, String>,
     ) -> Option<U> {
-        match convert(value.get_ref()) {
+        match convert(value.get_ref().borrow()) {
             Ok(converted) => Some(converted),
             Err(message) => {
                 self.found.push(SourceError::at(
@@ -379,7 +380,7 @@ impl Mistakes<'_> {
 }
 
 /// An address to listen on.
-fn address(example: SocketAddr) -> impl FnOnce(&String) -> Result<SocketAddr, String> {
+fn address(example: SocketAddr) -> impl FnOnce(&str) -> Result<SocketAddr, String> {
     move |s| {
         s.parse()
             .map_err(|_| format!("listen: `{s}` is not an address like {example}"))
@@ -389,8 +390,8 @@ fn address(example: SocketAddr) -> impl FnOnce(&String) -> Result<SocketAddr, St
 /// An address to listen on, or `"off"` (or `""`) for none.
 fn optional_address(
     example: SocketAddr,
-) -> impl FnOnce(&String) -> Result<Option<SocketAddr>, String> {
-    move |s| match s.as_str() {
+) -> impl FnOnce(&str) -> Result<Option<SocketAddr>, String> {
+    move |s| match s {
         "" | "off" => Ok(None),
         _ => s
             .parse()
@@ -435,24 +436,24 @@ fn clock_skew(&ms: &u64) -> Result<i64, String> {
     }
 }
 
-fn key_id(id: &String) -> Result<String, String> {
+fn key_id(id: &str) -> Result<String, String> {
     names::validate_key_id(id)
-        .map(|()| id.clone())
+        .map(|()| id.to_string())
         .map_err(|e| format!("key_id: {e}"))
 }
 
-fn origin(origin: &String) -> Result<String, String> {
+fn origin(origin: &str) -> Result<String, String> {
     if origin.is_empty()
         || !origin.is_ascii()
         || origin.chars().any(|c| c.is_whitespace() || c == '+')
     {
         return Err("origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\"".into());
     }
-    Ok(origin.clone())
+    Ok(origin.to_string())
 }
 
 /// A database URL; a relative SQLite file is relative to `base`.
-fn store_url(base: &Path) -> impl FnOnce(&String) -> Result<String, String> {
+fn store_url(base: &Path) -> impl FnOnce(&str) -> Result<String, String> {
     move |url| {
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -464,7 +465,7 @@ fn store_url(base: &Path) -> impl FnOnce(&String) -> Result<String, String> {
             Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
                 format!("sqlite://{}", base.join(rest).display())
             }
-            _ => url.clone(),
+            _ => url.to_string(),
         })
     }
 }
@@ -514,7 +515,7 @@ impl ConfigFile {
             &gateway.connect_timeout_ms,
             positive_ms("connect_timeout_ms"),
         );
-        let connection_attempts = m.check(&gateway.connection_attempts_per_minute, |&n| {
+        let connection_attempts = m.check(&gateway.connection_attempts_per_minute, |&n: &u32| {
             NonZeroU32::new(n)
                 .ok_or_else(|| "connection_attempts_per_minute must be at least 1".to_string())
         });
@@ -546,10 +547,11 @@ impl ConfigFile {
             &audit.checkpoint_interval_ms,
             positive_ms("checkpoint_interval_ms"),
         );
-        let checkpoint_every_entries = m.check(&audit.checkpoint_every_entries, |&n| match n {
-            0 => Err("checkpoint_every_entries must be at least 1".into()),
-            n => Ok(n),
-        });
+        let checkpoint_every_entries =
+            m.check(&audit.checkpoint_every_entries, |&n: &u64| match n {
+                0 => Err("checkpoint_every_entries must be at least 1".into()),
+                n => Ok(n),
+            });
         let retention_interval = m.check(
             &audit.retention_interval_ms,
             positive_ms("retention_interval_ms"),

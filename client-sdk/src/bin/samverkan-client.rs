@@ -60,61 +60,70 @@ struct Connection {
 #[derive(Subcommand)]
 enum Command {
     /// Sign and publish one alert; print the broker's receipt.
-    Publish {
-        #[command(flatten)]
-        connection: Connection,
-        /// The logical topic, e.g. `welfare/incorrect-payment/ost`.
-        #[arg(long)]
-        topic: String,
-        /// The alert type, e.g. `welfare.incorrect_payment`.
-        #[arg(long = "type")]
-        alert_type: String,
-        /// A JSON object with the alert's fields (`-` reads standard input).
-        #[arg(long)]
-        file: PathBuf,
-        /// Address the alert explicitly to these agencies (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        to: Option<Vec<String>>,
-        /// Give up after this many seconds without a receipt.
-        #[arg(long, default_value_t = 60)]
-        deadline: u64,
-    },
+    Publish(PublishArgs),
     /// Print every share delivered to the agency as a JSON line.
-    Follow {
-        #[command(flatten)]
-        connection: Connection,
-        /// The logical topic filter (`#` for everything).
-        #[arg(long, default_value = "#")]
-        filter: String,
-        /// Do not acknowledge the shares (they will be delivered again).
-        #[arg(long)]
-        no_ack: bool,
-    },
+    Follow(FollowArgs),
     /// Witness the audit log: cosign the broker's checkpoints after checking
     /// that each extends the last one cosigned (runs until stopped).
-    Witness {
-        #[command(flatten)]
-        connection: Connection,
-        /// The witness's state file (its key and history); never shared.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Make a new state with a new witness key and print its
-        /// `[[witness]]` entry for policies/witnesses.toml, then exit.
-        #[arg(long, conflicts_with_all = ["evidence", "show_key"])]
-        init: bool,
-        /// With --init: the witness key's name.
-        #[arg(long, requires = "init")]
-        key_name: Option<String>,
-        /// With --init: the origin of the log to witness.
-        #[arg(long, requires = "init", default_value = "samverkan-dev/audit")]
-        origin: String,
-        /// Print every conflict found (both broker-signed notes) as JSON lines, then exit (1 if there are any).
-        #[arg(long, conflicts_with = "show_key")]
-        evidence: bool,
-        /// Print the `[[witness]]` entry of the existing state, then exit.
-        #[arg(long)]
-        show_key: bool,
-    },
+    Witness(WitnessArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The logical topic, e.g. `welfare/incorrect-payment/ost`.
+    #[arg(long)]
+    topic: String,
+    /// The alert type, e.g. `welfare.incorrect_payment`.
+    #[arg(long = "type")]
+    alert_type: String,
+    /// A JSON object with the alert's fields (`-` reads standard input).
+    #[arg(long)]
+    file: PathBuf,
+    /// Address the alert explicitly to these agencies (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    to: Option<Vec<String>>,
+    /// Give up after this many seconds without a receipt.
+    #[arg(long, default_value_t = 60)]
+    deadline: u64,
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The logical topic filter (`#` for everything).
+    #[arg(long, default_value = "#")]
+    filter: String,
+    /// Do not acknowledge the shares (they will be delivered again).
+    #[arg(long)]
+    no_ack: bool,
+}
+
+#[derive(Args)]
+struct WitnessArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The witness's state file (its key and history); never shared.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Make a new state with a new witness key and print its
+    /// `[[witness]]` entry for policies/witnesses.toml, then exit.
+    #[arg(long, conflicts_with_all = ["evidence", "show_key"])]
+    init: bool,
+    /// With --init: the witness key's name.
+    #[arg(long, requires = "init")]
+    key_name: Option<String>,
+    /// With --init: the origin of the log to witness.
+    #[arg(long, requires = "init", default_value = "samverkan-dev/audit")]
+    origin: String,
+    /// Print every conflict found (both broker-signed notes) as JSON lines, then exit (1 if there are any).
+    #[arg(long, conflicts_with = "show_key")]
+    evidence: bool,
+    /// Print the `[[witness]]` entry of the existing state, then exit.
+    #[arg(long)]
+    show_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -147,96 +156,68 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Publish {
-            connection,
-            topic,
-            alert_type,
-            file,
-            to,
-            deadline,
-        } => {
-            let fields = read_fields(&file)?;
-            let mut alert = Alert::new(alert_type, fields);
-            if let Some(to) = to {
-                alert = alert.addressed_to(to);
-            }
-            let mut config = config(&connection)?;
-            config.publish_deadline = Duration::from_secs(deadline.max(1));
-            let client = Client::connect(config).await?;
-            let outcome = client.publish(&topic, alert).await;
-            client.close().await;
-            match outcome {
-                Ok(receipt) => {
-                    println!("{}", serde_json::to_string_pretty(&receipt)?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(PublishError::Rejected(receipt)) => {
-                    println!("{}", serde_json::to_string_pretty(&receipt)?);
-                    Ok(ExitCode::from(2))
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Command::Follow {
-            connection,
-            filter,
-            no_ack,
-        } => {
-            let client = Client::connect(config(&connection)?).await?;
-            let mut subscription = client.subscribe(&filter).await?;
-            let mut stdout = std::io::stdout();
-            let mut stderr = std::io::stderr();
-            loop {
-                let item = tokio::select! {
-                    item = subscription.next() => item,
-                    _ = tokio::signal::ctrl_c() => break,
-                };
-                match item {
-                    None => bail!("the connection to the broker ended"),
-                    Some(Ok(share)) => {
-                        writeln!(stdout, "{}", share_line(&share))?;
-                        stdout.flush()?;
-                        if !no_ack {
-                            share.ack().await.context("acknowledging a share")?;
-                        }
-                    }
-                    Some(Err(refused)) => {
-                        let line = json!({
-                            "error": refused.code(),
-                            "message": refused.to_string(),
-                            "topic": refused.topic(),
-                        });
-                        writeln!(stderr, "{line}")?;
-                    }
-                }
-            }
-            drop(subscription);
-            client.close().await;
+        Command::Publish(args) => publish(args).await,
+        Command::Follow(args) => follow(args).await,
+        Command::Witness(args) => witness(args).await,
+    }
+}
+
+async fn publish(args: PublishArgs) -> Result<ExitCode> {
+    let fields = read_fields(&args.file)?;
+    let mut alert = Alert::new(args.alert_type, fields);
+    if let Some(to) = args.to {
+        alert = alert.addressed_to(to);
+    }
+    let mut config = config(&args.connection)?;
+    config.publish_deadline = Duration::from_secs(args.deadline.max(1));
+    let client = Client::connect(config).await?;
+    let outcome = client.publish(&args.topic, alert).await;
+    client.close().await;
+    match outcome {
+        Ok(receipt) => {
+            println!("{}", serde_json::to_string_pretty(&receipt)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Witness {
-            connection,
-            state,
-            init,
-            key_name,
-            origin,
-            evidence,
-            show_key,
-        } => {
-            let path =
-                state.unwrap_or_else(|| PathBuf::from(format!("witness-{}.db", connection.agency)));
-            witness(
-                &connection,
-                &path,
-                init,
-                key_name,
-                &origin,
-                evidence,
-                show_key,
-            )
-            .await
+        Err(PublishError::Rejected(receipt)) => {
+            println!("{}", serde_json::to_string_pretty(&receipt)?);
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn follow(args: FollowArgs) -> Result<ExitCode> {
+    let client = Client::connect(config(&args.connection)?).await?;
+    let mut subscription = client.subscribe(&args.filter).await?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    loop {
+        let item = tokio::select! {
+            item = subscription.next() => item,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match item {
+            None => bail!("the connection to the broker ended"),
+            Some(Ok(share)) => {
+                writeln!(stdout, "{}", share_line(&share))?;
+                stdout.flush()?;
+                if !args.no_ack {
+                    share.ack().await.context("acknowledging a share")?;
+                }
+            }
+            Some(Err(refused)) => {
+                let line = json!({
+                    "error": refused.code(),
+                    "message": refused.to_string(),
+                    "topic": refused.topic(),
+                });
+                writeln!(stderr, "{line}")?;
+            }
         }
     }
+    drop(subscription);
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `[[witness]]` entry of policies/witnesses.toml for a witness key.
@@ -247,23 +228,25 @@ fn witness_entry(agency: &str, key: &samverkan_sdk::audit::cosignature::WitnessK
     )
 }
 
-async fn witness(
-    connection: &Connection,
-    path: &Path,
-    init: bool,
-    key_name: Option<String>,
-    origin: &str,
-    evidence: bool,
-    show_key: bool,
-) -> Result<ExitCode> {
+async fn witness(args: WitnessArgs) -> Result<ExitCode> {
     use samverkan_sdk::witness::{Witness, WitnessState, default_key_name, service};
+    let WitnessArgs {
+        connection,
+        state,
+        init,
+        key_name,
+        origin,
+        evidence,
+        show_key,
+    } = args;
+    let path = &state.unwrap_or_else(|| PathBuf::from(format!("witness-{}.db", connection.agency)));
     samverkan_sdk::names::validate_agency_id(&connection.agency)?;
     if init {
         let name = key_name.unwrap_or_else(|| default_key_name(&connection.agency));
         if !signed_note_name_ok(&name) {
             bail!("`{name}` is not a valid key name (no spaces or `+`)");
         }
-        let state = WitnessState::create(path, &name, origin).await?;
+        let state = WitnessState::create(path, &name, &origin).await?;
         let identity = state.identity().await?;
         state.close().await;
         let key = samverkan_sdk::audit::cosignature::WitnessKey {
@@ -305,7 +288,7 @@ async fn witness(
         state.close().await;
         return Ok(ExitCode::SUCCESS);
     }
-    let config = config(connection)?;
+    let config = config(&connection)?;
     let witness = Witness::new(state, config.broker_keys.clone()).await?;
     eprintln!(
         "witness {} of `{}` for {} (state {})",
@@ -422,7 +405,7 @@ mod tests {
             "polisen,forsakringskassan",
         ])
         .unwrap();
-        let Command::Publish { connection, to, .. } = cli.command else {
+        let Command::Publish(PublishArgs { connection, to, .. }) = cli.command else {
             panic!("not publish");
         };
         assert_eq!(connection.broker, "localhost:8883");
@@ -437,10 +420,76 @@ mod tests {
             "--no-ack",
         ])
         .unwrap();
-        let Command::Follow { filter, no_ack, .. } = cli.command else {
+        let Command::Follow(FollowArgs { filter, no_ack, .. }) = cli.command else {
             panic!("not follow");
         };
         assert_eq!(filter, "#");
         assert!(no_ack);
+    }
+
+    #[test]
+    fn witness_and_deadline_flags() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("samverkan-client").chain(args.iter().copied()))
+        };
+        let cli = parse(&[
+            "witness",
+            "--agency",
+            "polisen",
+            "--state",
+            "w.db",
+            "--init",
+            "--key-name",
+            "polisen-witness",
+            "--origin",
+            "x.example/audit",
+        ])
+        .unwrap();
+        let Command::Witness(args) = cli.command else {
+            panic!("not witness");
+        };
+        assert_eq!(args.state, Some(PathBuf::from("w.db")));
+        assert!(args.init && !args.evidence && !args.show_key);
+        assert_eq!(args.key_name.as_deref(), Some("polisen-witness"));
+        assert_eq!(args.origin, "x.example/audit");
+
+        let cli = parse(&["witness", "--agency", "polisen", "--show-key"]).unwrap();
+        let Command::Witness(args) = cli.command else {
+            panic!("not witness");
+        };
+        assert!(args.show_key);
+        assert_eq!(args.origin, "samverkan-dev/audit");
+        // --key-name and --origin only with --init; --init, --evidence and
+        // --show-key exclude one another.
+        for refused in [
+            &["--key-name", "k"][..],
+            &["--origin", "o"],
+            &["--init", "--evidence"],
+            &["--init", "--show-key"],
+            &["--evidence", "--show-key"],
+        ] {
+            let args = [&["witness", "--agency", "polisen"][..], refused].concat();
+            assert!(parse(&args).is_err(), "{refused:?} accepted");
+        }
+
+        let cli = parse(&[
+            "publish",
+            "--agency",
+            "a",
+            "--topic",
+            "t",
+            "--type",
+            "x.y",
+            "--file",
+            "-",
+            "--deadline",
+            "5",
+        ])
+        .unwrap();
+        let Command::Publish(args) = cli.command else {
+            panic!("not publish");
+        };
+        assert_eq!(args.deadline, 5);
+        assert_eq!(args.file, PathBuf::from("-"));
     }
 }

@@ -348,6 +348,38 @@ impl Default for ConsoleSection {
     }
 }
 
+/// Why a value in the file is refused; shown at the value's line.
+#[derive(Debug, Error)]
+enum Invalid {
+    #[error("listen: `{given}` is not an address like {example}")]
+    Address { given: String, example: SocketAddr },
+    #[error("listen: `{given}` is not an address like {example} (or \"off\")")]
+    AddressOrOff { given: String, example: SocketAddr },
+    #[error("{key} must be more than 0")]
+    Zero { key: &'static str },
+    #[error("{key} must be at least {min}, not {given}")]
+    TooSmall {
+        key: &'static str,
+        min: u64,
+        given: u64,
+    },
+    #[error("{key} must be between {min} and {max}, not {given}")]
+    OutOfRange {
+        key: &'static str,
+        min: usize,
+        max: usize,
+        given: u64,
+    },
+    #[error("key_id: {0}")]
+    KeyId(#[from] names::NameError),
+    #[error(
+        "origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\""
+    )]
+    Origin,
+    #[error("url must start with sqlite:// or postgres://")]
+    StoreUrl,
+}
+
 /// The mistakes found so far in one file.
 struct Mistakes<'a> {
     file: &'a Path,
@@ -356,22 +388,22 @@ struct Mistakes<'a> {
 }
 
 impl Mistakes<'_> {
-    /// `value` converted by `convert`; when `convert` refuses it, its
-    /// message is noted at the value's line and `None` returned, so that
+    /// `value` converted by `convert`; when `convert` refuses it, the
+    /// reason is noted at the value's line and `None` returned, so that
     /// every setting is checked before the first mistake is reported.
     fn check<T: Borrow<B>, B: ?Sized, U>(
         &mut self,
         value: &Spanned<T>,
-        convert: impl FnOnce(&B) -> Result<U, String>,
+        convert: impl FnOnce(&B) -> Result<U, Invalid>,
     ) -> Option<U> {
         match convert(value.get_ref().borrow()) {
             Ok(converted) => Some(converted),
-            Err(message) => {
+            Err(invalid) => {
                 self.found.push(SourceError::at(
                     self.file,
                     self.text,
                     value.span().start,
-                    message,
+                    invalid.to_string(),
                 ));
                 None
             }
@@ -380,86 +412,86 @@ impl Mistakes<'_> {
 }
 
 /// An address to listen on.
-fn address(example: SocketAddr) -> impl FnOnce(&str) -> Result<SocketAddr, String> {
-    move |s| {
-        s.parse()
-            .map_err(|_| format!("listen: `{s}` is not an address like {example}"))
+fn address(example: SocketAddr) -> impl FnOnce(&str) -> Result<SocketAddr, Invalid> {
+    move |given| {
+        given.parse().map_err(|_| Invalid::Address {
+            given: given.to_string(),
+            example,
+        })
     }
 }
 
 /// An address to listen on, or `"off"` (or `""`) for none.
 fn optional_address(
     example: SocketAddr,
-) -> impl FnOnce(&str) -> Result<Option<SocketAddr>, String> {
-    move |s| match s {
+) -> impl FnOnce(&str) -> Result<Option<SocketAddr>, Invalid> {
+    move |given| match given {
         "" | "off" => Ok(None),
-        _ => s
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("listen: `{s}` is not an address like {example} (or \"off\")")),
+        _ => given.parse().map(Some).map_err(|_| Invalid::AddressOrOff {
+            given: given.to_string(),
+            example,
+        }),
     }
 }
 
 /// A time in milliseconds, more than 0.
-fn positive_ms(name: &str) -> impl FnOnce(&u64) -> Result<Duration, String> {
+fn positive_ms(key: &'static str) -> impl FnOnce(&u64) -> Result<Duration, Invalid> {
     move |&ms| match ms {
-        0 => Err(format!("{name} must be more than 0")),
+        0 => Err(Invalid::Zero { key }),
         ms => Ok(Duration::from_millis(ms)),
     }
 }
 
-/// A count of at least 1.
-fn at_least_one(name: &str) -> impl FnOnce(&u64) -> Result<usize, String> {
-    move |&n| match n {
-        0 => Err(format!("{name} must be at least 1")),
-        n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+/// A number of at least `min` (and within `N`).
+fn at_least<N: TryFrom<u64>>(
+    key: &'static str,
+    min: u64,
+) -> impl FnOnce(&u64) -> Result<N, Invalid> {
+    move |&given| match N::try_from(given) {
+        Ok(n) if given >= min => Ok(n),
+        _ => Err(Invalid::TooSmall { key, min, given }),
     }
 }
 
 /// A count within `range`.
-fn within(name: &str, range: RangeInclusive<usize>) -> impl FnOnce(&u64) -> Result<usize, String> {
-    move |&n| match usize::try_from(n) {
+fn within(
+    key: &'static str,
+    range: RangeInclusive<usize>,
+) -> impl FnOnce(&u64) -> Result<usize, Invalid> {
+    move |&given| match usize::try_from(given) {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{name} must be between {} and {}, not {n}",
-            range.start(),
-            range.end()
-        )),
+        _ => Err(Invalid::OutOfRange {
+            key,
+            min: *range.start(),
+            max: *range.end(),
+            given,
+        }),
     }
 }
 
-/// The clock skew allowed, at least a second.
-fn clock_skew(&ms: &u64) -> Result<i64, String> {
-    match i64::try_from(ms) {
-        Ok(ms) if ms >= 1000 => Ok(ms),
-        _ => Err(format!("max_clock_skew_ms must be at least 1000, not {ms}")),
-    }
+fn key_id(id: &str) -> Result<String, Invalid> {
+    names::validate_key_id(id)?;
+    Ok(id.to_string())
 }
 
-fn key_id(id: &str) -> Result<String, String> {
-    names::validate_key_id(id)
-        .map(|()| id.to_string())
-        .map_err(|e| format!("key_id: {e}"))
-}
-
-fn origin(origin: &str) -> Result<String, String> {
+fn origin(origin: &str) -> Result<String, Invalid> {
     if origin.is_empty()
         || !origin.is_ascii()
         || origin.chars().any(|c| c.is_whitespace() || c == '+')
     {
-        return Err("origin must be non-empty ASCII without spaces or `+`, e.g. \"samverkan.example.se/audit\"".into());
+        return Err(Invalid::Origin);
     }
     Ok(origin.to_string())
 }
 
 /// A database URL; a relative SQLite file is relative to `base`.
-fn store_url(base: &Path) -> impl FnOnce(&str) -> Result<String, String> {
+fn store_url(base: &Path) -> impl FnOnce(&str) -> Result<String, Invalid> {
     move |url| {
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            return Err("url must start with sqlite:// or postgres://".into());
+            return Err(Invalid::StoreUrl);
         }
         Ok(match url.strip_prefix("sqlite://") {
             Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
@@ -516,20 +548,23 @@ impl ConfigFile {
             positive_ms("connect_timeout_ms"),
         );
         let connection_attempts = m.check(&gateway.connection_attempts_per_minute, |&n: &u32| {
-            NonZeroU32::new(n)
-                .ok_or_else(|| "connection_attempts_per_minute must be at least 1".to_string())
+            NonZeroU32::new(n).ok_or(Invalid::TooSmall {
+                key: "connection_attempts_per_minute",
+                min: 1,
+                given: 0,
+            })
         });
         let per_agency = m.check(
             &gateway.max_connections_per_agency,
-            at_least_one("max_connections_per_agency"),
+            at_least("max_connections_per_agency", 1),
         );
         let subscriptions = m.check(
             &gateway.max_subscriptions_per_connection,
-            at_least_one("max_subscriptions_per_connection"),
+            at_least("max_subscriptions_per_connection", 1),
         );
         let filters = m.check(
             &gateway.max_filters_per_agency,
-            at_least_one("max_filters_per_agency"),
+            at_least("max_filters_per_agency", 1),
         );
         let signing_key_id = m.check(&signing.key_id, key_id);
         let store_url = match &store.url {
@@ -540,18 +575,20 @@ impl ConfigFile {
             &router.max_payload_bytes,
             within("max_payload_bytes", 1024..=16 * 1024 * 1024),
         );
-        let max_clock_skew_ms = m.check(&router.max_clock_skew_ms, clock_skew);
+        let max_clock_skew_ms = m.check(
+            &router.max_clock_skew_ms,
+            at_least("max_clock_skew_ms", 1000),
+        );
         let batch_max = m.check(&router.batch_max, within("batch_max", 1..=10_000));
         let origin = m.check(&audit.origin, origin);
         let checkpoint_interval = m.check(
             &audit.checkpoint_interval_ms,
             positive_ms("checkpoint_interval_ms"),
         );
-        let checkpoint_every_entries =
-            m.check(&audit.checkpoint_every_entries, |&n: &u64| match n {
-                0 => Err("checkpoint_every_entries must be at least 1".into()),
-                n => Ok(n),
-            });
+        let checkpoint_every_entries = m.check(
+            &audit.checkpoint_every_entries,
+            at_least("checkpoint_every_entries", 1),
+        );
         let retention_interval = m.check(
             &audit.retention_interval_ms,
             positive_ms("retention_interval_ms"),
@@ -840,7 +877,8 @@ mod tests {
             "[router]\nmax_payload_bytes = 512\nmax_clock_skew_ms = 10\n\n\
              [gateway]\nhandshake_timeout_ms = 0\nconnection_attempts_per_minute = 0\n\n\
              [audit]\norigin = \"my log\"\ncheckpoint_every_entries = 0\n\n\
-             [console]\nlisten = \"localhost:9443\"\n",
+             [console]\nlisten = \"localhost:9443\"\n\n\
+             [signing]\nkey_id = \"broker key\"\n",
         );
         let file = file.display().to_string();
         let expected = [
@@ -857,6 +895,7 @@ mod tests {
                 14,
                 "listen: `localhost:9443` is not an address like 127.0.0.1:9443 (or \"off\")",
             ),
+            (17, "key_id: "),
         ];
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
         for (error, (line, message)) in errors.iter().zip(expected) {

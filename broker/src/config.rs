@@ -30,6 +30,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use samverkan_sdk::audit::checkpoint;
 use samverkan_sdk::names;
 use samverkan_sdk::source::SourceError;
 use serde::Deserialize;
@@ -309,7 +310,7 @@ struct AuditSection {
 impl Default for AuditSection {
     fn default() -> Self {
         Self {
-            origin: unwritten("samverkan-dev/audit".into()),
+            origin: unwritten(checkpoint::DEV_ORIGIN.to_string()),
             subject_key: DevPkiLayout::new(DEV_PKI_DIR).subject_key(),
             checkpoint_interval_ms: unwritten(500),
             checkpoint_every_entries: unwritten(1000),

@@ -30,6 +30,11 @@ use super::proof::NodeHash;
 use crate::keys::KeyRegistry;
 use crate::messages::BROKER_KEY_OWNER;
 
+/// The origin of the development broker's log: the broker's `[audit] origin`
+/// unless configured, and what `samverkan-client witness --init` witnesses
+/// unless told otherwise.
+pub const DEV_ORIGIN: &str = "samverkan-dev/audit";
+
 /// The ed25519 algorithm byte of a signed-note key.
 const ALG_ED25519: u8 = 0x01;
 

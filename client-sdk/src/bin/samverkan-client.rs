@@ -116,7 +116,7 @@ struct WitnessArgs {
     #[arg(long, requires = "init")]
     key_name: Option<String>,
     /// With --init: the origin of the log to witness.
-    #[arg(long, requires = "init", default_value = "samverkan-dev/audit")]
+    #[arg(long, requires = "init", default_value = samverkan_sdk::audit::checkpoint::DEV_ORIGIN)]
     origin: String,
     /// Print every conflict found (both broker-signed notes) as JSON lines, then exit (1 if there are any).
     #[arg(long, conflicts_with = "show_key")]

@@ -49,15 +49,24 @@ impl Server {
         Ok(())
     }
 
-    /// The size of Samverkan's database on disk: the SQLite file with its
-    /// write-ahead log, or `pg_database_size` on PostgreSQL.
+    /// The size of Samverkan's data: the pages the SQLite database uses
+    /// (page count less free pages, as a reader sees it, whatever part
+    /// of it is still in the write-ahead log), or `pg_database_size` on
+    /// PostgreSQL.
     pub async fn database_bytes(&self) -> Option<u64> {
-        let url = self.database_url.as_deref()?;
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            let size = |p: String| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            return Some(size(path.to_string()) + size(format!("{path}-wal")));
-        }
         use sqlx::Connection;
+        let url = self.database_url.as_deref()?;
+        if url.starts_with("sqlite:") {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().ok()?;
+            let mut db = sqlx::SqliteConnection::connect_with(&options.read_only(true))
+                .await
+                .ok()?;
+            let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name);
+            let pages = pragma("PRAGMA page_count").fetch_one(&mut db).await.ok()?;
+            let free = pragma("PRAGMA freelist_count").fetch_one(&mut db).await.ok()?;
+            let size = pragma("PRAGMA page_size").fetch_one(&mut db).await.ok()?;
+            return u64::try_from((pages - free) * size).ok();
+        }
         let mut db = sqlx::PgConnection::connect(url).await.ok()?;
         let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
             .fetch_one(&mut db)

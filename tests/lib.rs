@@ -364,12 +364,18 @@ impl TestBroker {
     /// MQTT 3.1.1 options for a raw client that connects to the embedded
     /// rumqttd directly as `agency`, past the gateway and its packet checks:
     /// it stands in for a defect there, to test the defences behind it
-    /// (signatures checked by the SDK).
+    /// (signatures checked by the SDK). It connects as the gateway does:
+    /// plain TCP on loopback, the gateway's login, the client id
+    /// `{agency}.{client_id}`.
     pub fn raw_options_behind_gateway(&self, client_id: &str, agency: &str) -> MqttOptions {
         let embedded = self.broker().gateway().embedded();
-        let tls = embedded.client_config(agency).unwrap();
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", embedded.v4.port());
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let login = embedded.login();
+        let mut opts = MqttOptions::new(
+            format!("{agency}.{client_id}"),
+            "127.0.0.1",
+            embedded.v4.port(),
+        );
+        opts.set_credentials(login.username.clone(), login.password.clone());
         opts.set_keep_alive(Duration::from_secs(10));
         opts
     }

@@ -10,12 +10,17 @@
 //!    certificate from the federation CA (and not on its CRL);
 //! 3. reads the agency from the certificate ([`crate::identity`]) and checks
 //!    it against the policy and the per-agency connection limit;
-//! 4. reads the MQTT CONNECT packet to learn the protocol level (3.1.1 or 5)
-//!    and connects to rumqttd's matching loopback listener with an internal
-//!    certificate for the same agency;
-//! 5. relays bytes both ways until either side closes, the connection is
-//!    revoked, or the broker shuts down. Both sockets run with `TCP_NODELAY`
-//!    and `TCP_QUICKACK` ([`crate::quickack`]).
+//! 4. reads and checks the MQTT CONNECT packet, and forwards it to
+//!    rumqttd's loopback listener for its protocol level (3.1.1 or 5) over
+//!    plain TCP, with the client id `{agency}.{id}` ([`crate::client_ids`])
+//!    and the login only this process knows ([`crate::mqtt::BackendLogin`]);
+//! 5. relays packets both ways, each checked for the agency
+//!    ([`crate::relay`]), until either side closes, a packet is refused, the
+//!    connection is revoked, or the broker shuts down. Both sockets run
+//!    with `TCP_NODELAY` and `TCP_QUICKACK` ([`crate::quickack`]).
+//!
+//! rumqttd itself confines nothing to a tenant: the gateway's checks are
+//! the boundary between agencies (see `docs/DECISIONS.md`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,21 +31,21 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{debug, info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
 
 use crate::identity::{PeerIdentity, peer_identity};
 use crate::inspect::{self, FilterBudget, Session, Violation};
 use crate::limits::ConnectionLimits;
-use crate::mqtt::{Embedded, crypto_provider};
+use crate::mqtt::Embedded;
 use crate::policy::PolicyHandle;
 use crate::quickack::QuickAck;
+use crate::relay::{self, Ended};
 
 /// Bytes buffered per direction of a relayed connection. An alert of a few
 /// kilobytes still passes in one read; tokio's default of 8 KiB cost 8 MB
@@ -75,6 +80,11 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
     /// Certificate revocation lists (PEM), if any.
     pub crl: Option<std::path::PathBuf>,
+}
+
+/// The process-wide rustls crypto provider: ring (see docs/DECISIONS.md).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, GatewayError> {
@@ -323,33 +333,37 @@ impl Gateway {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (level, connect) = tokio::time::timeout(
             timeout,
-            read_connect(&mut client, self.settings.max_connect_bytes),
+            relay::read_connect(&mut client, self.settings.max_connect_bytes),
         )
         .await
         .map_err(|_| ConnectionError::ConnectTimeout(timeout))?
         .map_err(ConnectionError::BadConnect)?;
-        if let Err(violation) = inspect::check_connect(&connect, level) {
-            refuse(&mut client, level, true, &violation).await;
-            return Err(ConnectionError::Refused(violation));
-        }
-        let client_id =
-            crate::client_ids::client_id(&connect, level).map_err(ConnectionError::BadConnect)?;
-        let claim = self.client_ids.claim(&identity.agency, &client_id);
-        let connect = match &claim.renamed {
-            Some(unique) => crate::client_ids::with_client_id(&connect, level, unique),
-            None => Ok(connect),
+        let connect = match inspect::parse_connect(&connect) {
+            Ok(parsed) => parsed,
+            Err(violation) => {
+                refuse(&mut client, level, true, &violation).await;
+                return Err(ConnectionError::Refused(violation));
+            }
         };
+        let claim = self.client_ids.claim(&identity.agency, connect.client_id);
+        let login = self.embedded.login();
+        let connect = connect.for_backend(
+            claim.backend_id(),
+            &login.username,
+            login.password.as_bytes(),
+        );
         let (backend, connack) = match connect {
-            Ok(connect) => match self.open_backend(&identity.agency, level, &connect).await {
+            Ok(connect) => match self.open_backend(level, &connect).await {
                 Ok(opened) => opened,
                 Err(e) => {
                     self.client_ids.release(claim, false);
                     return Err(e);
                 }
             },
-            Err(e) => {
+            Err(violation) => {
                 self.client_ids.release(claim, true);
-                return Err(ConnectionError::BadConnect(e));
+                refuse(&mut client, level, true, &violation).await;
+                return Err(ConnectionError::Refused(violation));
             }
         };
         if let Err(e) = client.write_all(&connack).await {
@@ -372,69 +386,68 @@ impl Gateway {
             Session::new(&identity.agency, self.settings.packet_limits, &self.filters);
         let (client_rx, mut client_tx) = tokio::io::split(client);
         let (backend_rx, mut backend_tx) = tokio::io::split(backend);
+        let mut client_rx = BufReader::with_capacity(RELAY_BUFFER, client_rx);
         let mut backend_rx = BufReader::with_capacity(RELAY_BUFFER, backend_rx);
+        let max_publish = self.settings.max_packet_bytes;
         let outcome = tokio::select! {
-            r = relay_checked(client_rx, &mut backend_tx, level, &mut session, self.settings.max_packet_bytes) => r,
-            r = tokio::io::copy_buf(&mut backend_rx, &mut client_tx) => match r {
-                Ok(_) => Relay::Closed("the embedded broker closed the connection".into()),
-                Err(e) => Relay::Closed(format!("ended: {e}")),
+            ended = relay::client_to_broker(&mut client_rx, &mut backend_tx, level, &mut session, max_publish) => match ended {
+                Ended::Closed(how) => Outcome::Closed(format!("client side {how}")),
+                Ended::Refused(violation) => Outcome::Refused(violation),
             },
-            _ = close.notified() => Relay::Closed("closed by the broker (certificate revoked or shutdown)".into()),
-            _ = shutdown.changed() => Relay::Closed("broker shutting down".into()),
+            ended = relay::broker_to_client(&mut backend_rx, &mut client_tx, level, &identity.agency, max_publish) => match ended {
+                Ended::Closed(how) => Outcome::Closed(format!("rumqttd side {how}")),
+                Ended::Refused(violation) => Outcome::BrokerRefused(violation),
+            },
+            _ = close.notified() => Outcome::Closed("closed by the broker (certificate revoked or shutdown)".into()),
+            _ = shutdown.changed() => Outcome::Closed("broker shutting down".into()),
         };
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        if let Relay::Refused(violation) = &outcome {
-            warn!(%peer, agency = %identity.agency, connection = id, reason = %violation, "connection closed: packet refused");
-            if let Some(packet) = inspect::refusal(level, false, violation) {
-                let _ = client_tx.write_all(&packet).await;
+        match &outcome {
+            Outcome::Refused(violation) => {
+                warn!(%peer, agency = %identity.agency, connection = id, reason = %violation, "connection closed: packet refused");
+                if let Some(packet) = inspect::refusal(level, false, violation) {
+                    let _ = client_tx.write_all(&packet).await;
+                }
             }
+            // A defect behind the gateway: the client is told nothing of it.
+            Outcome::BrokerRefused(violation) => {
+                error!(%peer, agency = %identity.agency, connection = id, reason = %violation, "connection closed: rumqttd sent a packet the gateway does not pass on")
+            }
+            Outcome::Closed(_) => {}
         }
         let _ = client_tx.shutdown().await;
         let closed = close_backend(&mut backend_rx, &mut backend_tx).await;
         self.client_ids.release(claim, closed);
         let outcome = match outcome {
-            Relay::Closed(how) => how,
-            Relay::Refused(violation) => format!("refused: {violation}"),
+            Outcome::Closed(how) => how,
+            Outcome::Refused(violation) => format!("refused: {violation}"),
+            Outcome::BrokerRefused(violation) => format!("rumqttd's packet refused: {violation}"),
         };
         debug!(%peer, agency = %identity.agency, connection = id, outcome, "disconnected");
         Ok(())
     }
 
-    /// Connects to rumqttd's listener for `level` as `agency`, sends the
-    /// CONNECT and returns the stream with rumqttd's CONNACK.
+    /// Connects to rumqttd's loopback listener for `level` (plain TCP), sends
+    /// the CONNECT and returns the stream with rumqttd's CONNACK.
     async fn open_backend(
         &self,
-        agency: &str,
         level: u8,
         connect: &[u8],
-    ) -> Result<(TlsStream<QuickAck>, Vec<u8>), ConnectionError> {
+    ) -> Result<(QuickAck, Vec<u8>), ConnectionError> {
         let backend_addr = if level == 5 {
             self.embedded.v5
         } else {
             self.embedded.v4
         };
-        // rumqttd handshakes inline in its accept loop: never wait on it forever.
         let backend_timeout = self.settings.handshake_timeout;
         let backend = tokio::time::timeout(backend_timeout, TcpStream::connect(backend_addr))
             .await
             .map_err(|_| ConnectionError::Backend("connect timed out".into()))?
             .map_err(|e| ConnectionError::Backend(e.to_string()))?;
-        let connector = TlsConnector::from(
-            self.embedded
-                .client_config(agency)
-                .map_err(|e| ConnectionError::Backend(e.to_string()))?,
-        );
-        let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let mut backend = tokio::time::timeout(
-            backend_timeout,
-            connector.connect(server_name, QuickAck::new(backend)),
-        )
-        .await
-        .map_err(|_| ConnectionError::Backend("TLS handshake timed out".into()))?
-        .map_err(|e| ConnectionError::Backend(e.to_string()))?;
+        let mut backend = QuickAck::new(backend);
         backend
             .write_all(connect)
             .await
@@ -442,7 +455,7 @@ impl Gateway {
         // rumqttd's answer must be a CONNACK; without one the client id is
         // never used again (see `client_ids`) and the client told nothing more.
         let timeout = self.settings.connect_timeout;
-        match tokio::time::timeout(timeout, read_packet(&mut backend, 1024)).await {
+        match tokio::time::timeout(timeout, relay::read_packet(&mut backend, 1024)).await {
             Ok(Ok(packet))
                 if packet
                     .first()
@@ -461,184 +474,13 @@ impl Gateway {
 
 /// How a relayed connection ended.
 #[derive(Debug)]
-enum Relay {
+enum Outcome {
     /// Either side closed, or the broker closed it.
     Closed(String),
     /// The client sent a packet that is not allowed.
     Refused(Violation),
-}
-
-/// Largest packet other than PUBLISH accepted from a client: a SUBSCRIBE
-/// within the subscription limits is far smaller.
-const MAX_CONTROL_PACKET: usize = 64 * 1024;
-
-/// Passes the client's packets to rumqttd one at a time, each checked by
-/// `session` first. A PUBLISH's header is read and checked, its payload
-/// streamed; everything else is read whole. Writes are flushed when no
-/// more input is waiting, so a burst of small packets goes out together.
-async fn relay_checked<R, W>(
-    client: R,
-    backend: &mut W,
-    level: u8,
-    session: &mut Session<'_>,
-    max_packet_bytes: usize,
-) -> Relay
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut client = BufReader::with_capacity(RELAY_BUFFER, client);
-    let mut head = Vec::new();
-    loop {
-        let first = match client.read_u8().await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Relay::Closed("closed by the client".into());
-            }
-            Err(e) => return Relay::Closed(format!("ended: {e}")),
-        };
-        head.clear();
-        head.push(first);
-        let remaining = match read_remaining_length(&mut client, &mut head).await {
-            Ok(n) => n,
-            Err(Read::Io(e)) => return Relay::Closed(format!("ended: {e}")),
-            Err(Read::Bad(v)) => return Relay::Refused(v),
-        };
-        let is_publish = first >> 4 == inspect::kind::PUBLISH;
-        let limit = if is_publish {
-            max_packet_bytes
-        } else {
-            MAX_CONTROL_PACKET
-        };
-        if remaining > limit {
-            return Relay::Refused(Violation::TooLarge(remaining, limit));
-        }
-        let body_start = head.len();
-        let read = if is_publish {
-            read_publish_header(&mut client, &mut head, first, remaining, level).await
-        } else {
-            read_more(&mut client, &mut head, remaining, remaining).await
-        };
-        match read {
-            Ok(()) => {}
-            Err(Read::Io(e)) => return Relay::Closed(format!("ended: {e}")),
-            Err(Read::Bad(v)) => return Relay::Refused(v),
-        }
-        let checked = inspect::parse(first, &head[body_start..], level)
-            .and_then(|packet| session.check(&packet));
-        if let Err(violation) = checked {
-            return Relay::Refused(violation);
-        }
-        let payload = (remaining - (head.len() - body_start)) as u64;
-        let sent = async {
-            backend.write_all(&head).await?;
-            if payload > 0 {
-                let copied = tokio::io::copy_buf(&mut (&mut client).take(payload), backend).await?;
-                if copied < payload {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            if client.buffer().is_empty() {
-                backend.flush().await?;
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        if let Err(e) = sent.await {
-            return Relay::Closed(format!("ended: {e}"));
-        }
-    }
-}
-
-/// Why reading a packet stopped.
-enum Read {
-    Io(std::io::Error),
-    Bad(Violation),
-}
-
-impl From<std::io::Error> for Read {
-    fn from(e: std::io::Error) -> Self {
-        Read::Io(e)
-    }
-}
-
-/// Reads a remaining length (1 to 4 bytes, MQTT 3.1.1 section 2.2.3),
-/// appending its bytes to `packet`.
-async fn read_remaining_length<R: AsyncRead + Unpin>(
-    r: &mut R,
-    packet: &mut Vec<u8>,
-) -> Result<usize, Read> {
-    let mut remaining: usize = 0;
-    for i in 0..4 {
-        let b = r.read_u8().await?;
-        packet.push(b);
-        remaining |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(remaining);
-        }
-    }
-    Err(Read::Bad(Violation::Malformed(
-        "malformed remaining length".into(),
-    )))
-}
-
-/// Appends `n` bytes to `packet`, refusing to read past a packet body of
-/// `body_len` bytes (the body starts after the fixed header).
-async fn read_more<R: AsyncRead + Unpin>(
-    r: &mut R,
-    packet: &mut Vec<u8>,
-    n: usize,
-    body_len: usize,
-) -> Result<(), Read> {
-    let header = packet
-        .iter()
-        .skip(1)
-        .position(|b| b & 0x80 == 0)
-        .map_or(packet.len(), |i| i + 2);
-    if packet.len() - header + n > body_len {
-        return Err(Read::Bad(Violation::Malformed(
-            "a length inside the packet exceeds the packet".into(),
-        )));
-    }
-    let start = packet.len();
-    packet.resize(start + n, 0);
-    r.read_exact(&mut packet[start..]).await?;
-    Ok(())
-}
-
-/// Reads a PUBLISH's variable header (topic, packet identifier, MQTT 5
-/// properties) after its fixed header, leaving the payload unread.
-async fn read_publish_header<R: AsyncRead + Unpin>(
-    r: &mut R,
-    packet: &mut Vec<u8>,
-    first: u8,
-    body_len: usize,
-    level: u8,
-) -> Result<(), Read> {
-    read_more(r, packet, 2, body_len).await?;
-    let topic_len = usize::from(u16::from_be_bytes([
-        packet[packet.len() - 2],
-        packet[packet.len() - 1],
-    ]));
-    let packet_id = if (first >> 1) & 0b11 > 0 { 2 } else { 0 };
-    read_more(r, packet, topic_len + packet_id, body_len).await?;
-    if level == 5 {
-        let mut props_len = 0usize;
-        for i in 0..4 {
-            read_more(r, packet, 1, body_len).await?;
-            let b = packet[packet.len() - 1];
-            props_len |= usize::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                break;
-            }
-            if i == 3 {
-                return Err(Read::Bad(Violation::Malformed(
-                    "malformed properties length".into(),
-                )));
-            }
-        }
-        read_more(r, packet, props_len, body_len).await?;
-    }
-    Ok(())
+    /// rumqttd sent a packet that is not for this client.
+    BrokerRefused(Violation),
 }
 
 /// Tells the client why it is refused, where MQTT allows it, and closes.
@@ -680,101 +522,4 @@ where
     tokio::time::timeout(BACKEND_CLOSE_TIMEOUT, drain)
         .await
         .unwrap_or(false)
-}
-
-/// Reads one MQTT packet (fixed header, remaining length, body), at most
-/// `max_bytes` long.
-async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max_bytes: usize) -> Result<Vec<u8>, String> {
-    let mut first = [0u8; 1];
-    r.read_exact(&mut first).await.map_err(|e| e.to_string())?;
-    read_packet_after(first[0], r, max_bytes).await
-}
-
-/// Reads the rest of a packet whose first byte was `first`.
-async fn read_packet_after<R: AsyncRead + Unpin>(
-    first: u8,
-    r: &mut R,
-    max_bytes: usize,
-) -> Result<Vec<u8>, String> {
-    let mut packet = vec![first];
-    let remaining = match read_remaining_length(r, &mut packet).await {
-        Ok(n) => n,
-        Err(Read::Io(e)) => return Err(e.to_string()),
-        Err(Read::Bad(v)) => return Err(v.to_string()),
-    };
-    if remaining > max_bytes {
-        return Err(format!(
-            "packet of {remaining} bytes is larger than {max_bytes}"
-        ));
-    }
-    let start = packet.len();
-    packet.resize(start + remaining, 0);
-    r.read_exact(&mut packet[start..])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(packet)
-}
-
-/// Reads one MQTT CONNECT packet and returns its protocol level (4 or 5)
-/// with the packet's bytes. Anything else is refused at its first byte.
-async fn read_connect<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max_bytes: usize,
-) -> Result<(u8, Vec<u8>), String> {
-    let mut first = [0u8; 1];
-    r.read_exact(&mut first).await.map_err(|e| e.to_string())?;
-    if first[0] != 0x10 {
-        return Err(format!(
-            "first packet type is 0x{:02x}, not CONNECT",
-            first[0] >> 4
-        ));
-    }
-    let packet = read_packet_after(first[0], r, max_bytes).await?;
-    // The variable header starts after the fixed header's 2 to 5 bytes.
-    let header = packet
-        .iter()
-        .skip(1)
-        .position(|b| b & 0x80 == 0)
-        .map_or(packet.len(), |i| i + 2);
-    let body = &packet[header..];
-    if body.len() < 7 {
-        return Err("CONNECT too short".into());
-    }
-    if body[0..6] != [0, 4, b'M', b'Q', b'T', b'T'] {
-        return Err("protocol name is not MQTT".into());
-    }
-    match body[6] {
-        level @ (4 | 5) => Ok((level, packet)),
-        other => Err(format!(
-            "protocol level {other} (only 4 = 3.1.1 and 5 are served)"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn reads_connect_levels() {
-        // A minimal 3.1.1 CONNECT: name, level 4, flags, keep-alive, client id "a".
-        let v4 = [
-            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 1, b'a',
-        ];
-        let (level, bytes) = read_connect(&mut &v4[..], 1024).await.unwrap();
-        assert_eq!((level, bytes.as_slice()), (4, &v4[..]));
-        let mut v5 = v4;
-        v5[8] = 5;
-        assert_eq!(read_connect(&mut &v5[..], 1024).await.unwrap().0, 5);
-        let mut v3 = v4;
-        v3[8] = 3;
-        assert!(read_connect(&mut &v3[..], 1024).await.is_err());
-        assert!(read_connect(&mut &[0x30u8, 0][..], 1024).await.is_err());
-        assert!(read_connect(&mut &v4[..], 5).await.is_err());
-        assert!(
-            read_connect(&mut &[0x10u8, 0xff, 0xff, 0xff, 0xff][..], 1024)
-                .await
-                .is_err()
-        );
-    }
 }

@@ -94,6 +94,10 @@ pub enum Violation {
         "the agency has used {0} distinct subscription filters, the most allowed while the broker runs"
     )]
     FilterBudgetSpent(usize),
+    /// rumqttd passed on a message that is not on the agency's receipts or
+    /// inbox topics (a defect behind the gateway; never sent to a client).
+    #[error("rumqttd sent a message on `{0}`, which is not one of the agency's topics")]
+    NotForThisAgency(String),
 }
 
 impl Violation {
@@ -110,6 +114,7 @@ impl Violation {
             Violation::TopicAlias => 0x94,
             Violation::EnhancedAuth => 0x8C,
             Violation::TooManySubscriptions(_) | Violation::FilterBudgetSpent(_) => 0x97,
+            Violation::NotForThisAgency(_) => 0x83,
         }
     }
 }
@@ -132,10 +137,16 @@ pub mod kind {
     pub const PUBCOMP: u8 = 7;
     /// SUBSCRIBE.
     pub const SUBSCRIBE: u8 = 8;
+    /// SUBACK.
+    pub const SUBACK: u8 = 9;
     /// UNSUBSCRIBE.
     pub const UNSUBSCRIBE: u8 = 10;
+    /// UNSUBACK.
+    pub const UNSUBACK: u8 = 11;
     /// PINGREQ.
     pub const PINGREQ: u8 = 12;
+    /// PINGRESP.
+    pub const PINGRESP: u8 = 13;
     /// DISCONNECT.
     pub const DISCONNECT: u8 = 14;
 }
@@ -270,15 +281,47 @@ fn properties(c: &mut Cursor<'_>) -> Result<Vec<(u8, u32)>, Violation> {
     Ok(seen)
 }
 
-/// Checks a CONNECT packet (the whole packet, fixed header included) of
-/// protocol `level`: no will, and for MQTT 5 no topic aliases and no
-/// enhanced authentication.
-pub fn check_connect(packet: &[u8], level: u8) -> Result<(), Violation> {
-    let mut c = Cursor::new(packet);
-    c.byte()?;
-    c.varint()?;
-    c.string()?; // protocol name, checked by the gateway
-    c.byte()?; // level
+/// A client's CONNECT packet, read and checked (MQTT 3.1.1 section 3.1,
+/// MQTT 5 section 3.1): what the gateway keeps when it writes the CONNECT
+/// it forwards to rumqttd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect<'a> {
+    /// The protocol level: 4 (3.1.1) or 5.
+    pub level: u8,
+    /// The clean-session (3.1.1) or clean-start (5) flag.
+    pub clean: bool,
+    /// The keep-alive in seconds.
+    pub keep_alive: u16,
+    /// MQTT 5 only: the property list as sent, its length included.
+    pub properties: &'a [u8],
+    /// The client identifier as sent.
+    pub client_id: &'a str,
+    /// The user name, if any (ignored: the TLS certificate is the identity).
+    pub username: Option<&'a str>,
+    /// The password, if any (ignored, as the user name).
+    pub password: Option<&'a [u8]>,
+}
+
+/// Reads and checks a CONNECT packet (the whole packet, fixed header
+/// included): MQTT 3.1.1 or 5, no will, no reserved flag, and for MQTT 5 no
+/// topic aliases and no enhanced authentication; nothing after its last field.
+pub fn parse_connect(packet: &[u8]) -> Result<Connect<'_>, Violation> {
+    let mut outer = Cursor::new(packet);
+    if outer.byte()? != 0x10 {
+        return Err(Violation::Malformed("not a CONNECT".into()));
+    }
+    let remaining = outer.varint()?;
+    let mut c = Cursor::new(outer.take(remaining)?);
+    if !outer.is_empty() {
+        return Err(Violation::Malformed("bytes after CONNECT".into()));
+    }
+    if c.string()? != "MQTT" {
+        return Err(Violation::Malformed("protocol name is not MQTT".into()));
+    }
+    let level = c.byte()?;
+    if level != 4 && level != 5 {
+        return Err(Violation::Malformed(format!("protocol level {level}")));
+    }
     let flags = c.byte()?;
     if flags & 0x01 != 0 {
         return Err(Violation::Malformed("reserved CONNECT flag set".into()));
@@ -286,16 +329,85 @@ pub fn check_connect(packet: &[u8], level: u8) -> Result<(), Violation> {
     if flags & 0x04 != 0 {
         return Err(Violation::Will);
     }
-    c.u16()?; // keep-alive
+    if flags & 0x38 != 0 {
+        return Err(Violation::Malformed(
+            "will QoS or retain without a will".into(),
+        ));
+    }
+    let keep_alive = c.u16()?;
+    let mut properties: &[u8] = &[];
     if level == 5 {
-        for (id, value) in properties(&mut c)? {
+        let start = c.pos;
+        for (id, value) in self::properties(&mut c)? {
             match id {
                 property::TOPIC_ALIAS_MAXIMUM if value > 0 => return Err(Violation::TopicAlias),
                 property::AUTHENTICATION_METHOD => return Err(Violation::EnhancedAuth),
                 _ => {}
             }
         }
+        properties = &c.bytes[start..c.pos];
     }
+    let client_id = c.string()?;
+    let username = if flags & 0x80 != 0 {
+        Some(c.string()?)
+    } else {
+        None
+    };
+    let password = if flags & 0x40 != 0 {
+        Some(c.binary()?)
+    } else {
+        None
+    };
+    if !c.is_empty() {
+        return Err(Violation::Malformed("bytes after CONNECT payload".into()));
+    }
+    Ok(Connect {
+        level,
+        clean: flags & 0x02 != 0,
+        keep_alive,
+        properties,
+        client_id,
+        username,
+        password,
+    })
+}
+
+impl Connect<'_> {
+    /// The CONNECT the gateway forwards to rumqttd: the same protocol level,
+    /// clean flag, keep-alive and MQTT 5 properties, with `client_id` and the
+    /// gateway's own user name and password in place of the client's.
+    pub fn for_backend(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &[u8],
+    ) -> Result<Vec<u8>, Violation> {
+        let mut body = Vec::with_capacity(
+            16 + self.properties.len() + client_id.len() + username.len() + password.len(),
+        );
+        push_binary(&mut body, b"MQTT")?;
+        body.push(self.level);
+        // User name and password always; clean flag as the client sent it.
+        body.push(0xC0 | if self.clean { 0x02 } else { 0 });
+        body.extend_from_slice(&self.keep_alive.to_be_bytes());
+        body.extend_from_slice(self.properties);
+        push_binary(&mut body, client_id.as_bytes())?;
+        push_binary(&mut body, username.as_bytes())?;
+        push_binary(&mut body, password)?;
+        let mut packet = Vec::with_capacity(body.len() + 5);
+        packet.push(0x10);
+        push_varint(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        Ok(packet)
+    }
+}
+
+/// Appends a two-byte length and `bytes` (MQTT 3.1.1 section 1.5.3).
+fn push_binary(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Violation> {
+    let len = u16::try_from(bytes.len())
+        .map_err(|_| Violation::Malformed("a CONNECT field is longer than 65,535 bytes".into()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
     Ok(())
 }
 
@@ -374,6 +486,90 @@ pub fn parse(first: u8, body: &[u8], level: u8) -> Result<ClientPacket<'_>, Viol
         }
         _ => Ok(ClientPacket::Control),
     }
+}
+
+/// A packet from rumqttd to a client, as far as the gateway needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerPacket<'a> {
+    /// A PUBLISH (its variable header; the payload is not read here).
+    Publish {
+        /// The topic name.
+        topic: &'a str,
+    },
+    /// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP or DISCONNECT.
+    Control,
+}
+
+/// Parses a packet from rumqttd to a client after the CONNACK, as
+/// [`parse`] does for the other direction: `body` is a PUBLISH's variable
+/// header only, otherwise the whole rest. rumqttd is behind the gateway,
+/// but since nothing else confines its deliveries to a tenant, what it
+/// sends is read as carefully as what a client sends.
+pub fn parse_from_broker(first: u8, body: &[u8], level: u8) -> Result<BrokerPacket<'_>, Violation> {
+    let kind = first >> 4;
+    let flags = first & 0x0f;
+    let expected_flags = match kind {
+        kind::PUBLISH => None,
+        kind::PUBREL => Some(0b0010),
+        kind::PUBACK
+        | kind::PUBREC
+        | kind::PUBCOMP
+        | kind::SUBACK
+        | kind::UNSUBACK
+        | kind::PINGRESP
+        | kind::DISCONNECT => Some(0),
+        other => return Err(Violation::UnexpectedPacket(other)),
+    };
+    if let Some(expected) = expected_flags
+        && flags != expected
+    {
+        return Err(Violation::Malformed(format!(
+            "flags 0x{flags:x} on packet type {kind}"
+        )));
+    }
+    if kind != kind::PUBLISH {
+        return Ok(BrokerPacket::Control);
+    }
+    let qos = (flags >> 1) & 0b11;
+    if qos == 3 {
+        return Err(Violation::Malformed("QoS 3".into()));
+    }
+    let mut c = Cursor::new(body);
+    let topic = c.string()?;
+    if qos > 0 {
+        c.u16()?;
+    }
+    // The client was never allowed topic aliases (its CONNECT is checked),
+    // so a delivery always names its topic in full.
+    if level == 5
+        && properties(&mut c)?
+            .iter()
+            .any(|(id, _)| *id == property::TOPIC_ALIAS)
+    {
+        return Err(Violation::TopicAlias);
+    }
+    if !c.is_empty() {
+        return Err(Violation::Malformed("bytes after PUBLISH header".into()));
+    }
+    Ok(BrokerPacket::Publish { topic })
+}
+
+/// Checks a packet from rumqttd before it goes to a client of `agency`:
+/// a message only on the agency's own receipts or inbox topics (the only
+/// ones it may subscribe to, see [`subscribe_allowed`]).
+pub fn check_from_broker(agency: &str, first: u8, body: &[u8], level: u8) -> Result<(), Violation> {
+    match parse_from_broker(first, body, level)? {
+        BrokerPacket::Publish { topic } if !delivery_allowed(agency, topic) => {
+            Err(Violation::NotForThisAgency(topic.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a message on `topic` may reach a client of `agency`: its
+/// receipts or a topic below its inbox.
+pub fn delivery_allowed(agency: &str, topic: &str) -> bool {
+    own(agency, topic).is_some_and(|rest| rest == "receipts" || rest.starts_with("in/"))
 }
 
 /// Whether `topic` is one an agency's client may publish on.

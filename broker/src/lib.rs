@@ -15,6 +15,7 @@
 //! * [`gateway`] — the public mutual-TLS listener in front of rumqttd;
 //! * [`identity`] — the agency named by a client certificate;
 //! * [`inspect`] — what an agency's client may send, packet by packet;
+//! * [`relay`] — the gateway's packet reader, both directions checked;
 //! * [`client_ids`] — client ids as rumqttd sees them;
 //! * [`mqtt`] — the embedded rumqttd;
 //! * [`router`] — the pipeline: authenticate, validate, decide, record, deliver;
@@ -41,6 +42,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod policy;
 pub mod quickack;
+pub mod relay;
 pub mod router;
 pub mod server;
 pub mod signer;

@@ -2,48 +2,41 @@
 //!
 //! rumqttd runs in-process with two listeners on loopback only, one for MQTT
 //! 3.1.1 and one for MQTT 5 (a rumqttd listener speaks one protocol level).
-//! Both use TLS with client certificates from an *internal* CA that is
-//! created at every start, lives only in this process's memory, and is
-//! trusted by nothing else: the gateway presents an internal certificate
-//! whose O= is the agency it authenticated, so rumqttd's
-//! `validate-tenant-prefix` still confines every packet to
-//! `/tenants/{agency}/`.
+//! They speak plain TCP: the gateway has authenticated the agency, checks
+//! every packet in both directions itself (`relay.rs`, `inspect.rs`) and
+//! names each connection's client id `{agency}.{id}` (`client_ids.rs`), so
+//! rumqttd needs no tenant of its own. A loopback port can be reached by any
+//! process on the machine, so rumqttd accepts a CONNECT only with a user
+//! name and password made at every start, kept only in this process's
+//! memory ([`BackendLogin`]); the gateway writes them into every CONNECT it
+//! forwards, in place of whatever the client sent.
 //!
-//! The router is a local link without a tenant: the only component that
-//! crosses tenants. See `docs/DECISIONS.md` for what rumqttd does and does
-//! not guarantee.
+//! The router is a local link: the only component that crosses tenants.
+//! See `docs/DECISIONS.md` for what rumqttd does and does not guarantee.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::sync::{Arc, Mutex};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::{
-    ConnectionSettings, LinkType, Notification, RouterConfig, Server, ServerSettings, TlsConfig,
-};
-use rustls::ClientConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rumqttd::{ConnectionSettings, LinkType, Notification, RouterConfig, Server, ServerSettings};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::pki::{Ca, PkiError};
-
-/// The id of the router's local link (no `.`: tenant client ids are `tenant.id`).
+/// The id of the router's local link (no `.`: agency client ids are `agency.id`).
 const ROUTER_LINK_ID: &str = "samverkan-router";
 
 /// Why the embedded broker could not start.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum MqttError {
-    /// The internal PKI could not be made or written.
-    #[error("internal PKI: {0}")]
-    Pki(#[from] PkiError),
-    /// A file for rumqttd could not be written.
-    #[error("internal files: {0}")]
+    /// No random secret could be drawn.
+    #[error("random secret: {0}")]
+    Random(String),
+    /// A socket operation failed.
+    #[error("loopback: {0}")]
     Io(#[from] std::io::Error),
     /// rumqttd refused the router link.
     #[error("router link: {0}")]
@@ -51,9 +44,38 @@ pub enum MqttError {
     /// A loopback listener did not come up.
     #[error("rumqttd listener did not start: {0}")]
     Listener(String),
-    /// A TLS configuration could not be built.
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
+}
+
+/// The user name and password rumqttd's listeners require: made at every
+/// start from the operating system's random source, never written anywhere,
+/// so only this process can connect to rumqttd.
+#[derive(Clone)]
+pub struct BackendLogin {
+    /// The user name.
+    pub username: String,
+    /// The password (64 hexadecimal digits: 256 random bits).
+    pub password: String,
+}
+
+impl std::fmt::Debug for BackendLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendLogin")
+            .field("username", &self.username)
+            .field("password", &"(secret)")
+            .finish()
+    }
+}
+
+impl BackendLogin {
+    /// A fresh login with a random password.
+    fn generate() -> Result<Self, MqttError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| MqttError::Random(e.to_string()))?;
+        Ok(Self {
+            username: "samverkan-gateway".into(),
+            password: hex::encode(secret),
+        })
+    }
 }
 
 /// Sizes and limits of the embedded broker.
@@ -100,12 +122,8 @@ pub struct Embedded {
     pub v4: SocketAddr,
     /// Loopback listener for MQTT 5.
     pub v5: SocketAddr,
-    ca: Ca,
-    client_configs: Mutex<HashMap<String, Arc<ClientConfig>>>,
-    roots: Arc<rustls::RootCertStore>,
+    login: BackendLogin,
     servers: Vec<JoinHandle<()>>,
-    // Keeps rumqttd's certificate files alive (rumqttd reads them per connection).
-    _files: tempfile::TempDir,
 }
 
 impl Drop for Embedded {
@@ -120,11 +138,6 @@ fn free_loopback_port() -> std::io::Result<SocketAddr> {
     StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
 }
 
-/// The process-wide rustls crypto provider: ring (see docs/DECISIONS.md).
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 impl Embedded {
     /// Starts rumqttd's router and loopback listeners, and the router's link
     /// subscribed to `filters` (waiting for the subscription to be confirmed
@@ -133,27 +146,7 @@ impl Embedded {
         settings: &MqttSettings,
         filters: &[&str],
     ) -> Result<(Embedded, RouterLink), MqttError> {
-        const DAYS: i64 = 3650;
-        let ca = Ca::generate("Samverkan internal CA (this process only)", DAYS)?;
-        let server = ca.issue_server(
-            "samverkan internal rumqttd listener",
-            &["localhost"],
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            DAYS,
-        )?;
-        remove_stale_internal_dirs(&std::env::temp_dir());
-        let files = tempfile::Builder::new()
-            .prefix(&format!("{INTERNAL_DIR_PREFIX}{}-", std::process::id()))
-            .tempdir()?;
-        write_private(&files.path().join("ca.pem"), ca.cert_pem())?;
-        write_private(&files.path().join("server.pem"), &server.cert_pem)?;
-        write_private(&files.path().join("server.key"), &server.key_pem)?;
-        let tls = TlsConfig::Rustls {
-            capath: Some(path_string(&files.path().join("ca.pem"))),
-            certpath: path_string(&files.path().join("server.pem")),
-            keypath: path_string(&files.path().join("server.key")),
-        };
-
+        let login = BackendLogin::generate()?;
         let router_config = RouterConfig {
             max_connections: settings.max_connections,
             max_outgoing_packet_count: 200,
@@ -202,7 +195,11 @@ impl Embedded {
             connection_timeout_ms: 10_000,
             max_payload_size: settings.max_packet_bytes,
             max_inflight_count: 100,
-            auth: None,
+            // rumqttd compares the password in constant time.
+            auth: Some(HashMap::from([(
+                login.username.clone(),
+                login.password.clone(),
+            )])),
             external_auth: None,
             dynamic_filters: false,
         };
@@ -224,55 +221,25 @@ impl Embedded {
         let mut servers = Vec::new();
         let mut addrs = Vec::new();
         for (name, v5) in [("loopback-v4", false), ("loopback-v5", true)] {
-            let (addr, handle) = start_listener(name, v5, &tls, &connections, &spawn).await?;
+            let (addr, handle) = start_listener(name, v5, &connections, &spawn).await?;
             addrs.push(addr);
             servers.push(handle);
-        }
-
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
-            roots.add(cert.map_err(|e| MqttError::Listener(e.to_string()))?)?;
         }
         Ok((
             Embedded {
                 v4: addrs[0],
                 v5: addrs[1],
-                ca,
-                client_configs: Mutex::new(HashMap::new()),
-                roots: Arc::new(roots),
+                login,
                 servers,
-                _files: files,
             },
             link,
         ))
     }
 
-    /// The TLS client configuration the gateway uses to connect to rumqttd
-    /// as `agency`: an internal certificate with O = agency.
-    pub fn client_config(&self, agency: &str) -> Result<Arc<ClientConfig>, MqttError> {
-        let mut cache = self
-            .client_configs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(config) = cache.get(agency) {
-            return Ok(config.clone());
-        }
-        let cert = self
-            .ca
-            .issue_client(&[agency], &format!("{agency} (internal)"), 3650)?;
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| MqttError::Listener(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
-            .map_err(|e| MqttError::Listener(e.to_string()))?;
-        let config = ClientConfig::builder_with_provider(crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(chain, key)?;
-        let config = Arc::new(config);
-        cache.insert(agency.to_string(), config.clone());
-        Ok(config)
+    /// The user name and password rumqttd requires, which the gateway
+    /// writes into every CONNECT it forwards.
+    pub fn login(&self) -> &BackendLogin {
+        &self.login
     }
 }
 
@@ -282,7 +249,6 @@ impl Embedded {
 async fn start_listener(
     name: &str,
     v5: bool,
-    tls: &TlsConfig,
     connections: &ConnectionSettings,
     spawn: &impl Fn(ServerSettings, bool) -> JoinHandle<()>,
 ) -> Result<(SocketAddr, JoinHandle<()>), MqttError> {
@@ -292,14 +258,14 @@ async fn start_listener(
         let settings = ServerSettings {
             name: name.to_string(),
             listen: addr,
-            tls: Some(tls.clone()),
+            tls: None,
             next_connection_delay_ms: 0,
             connections: connections.clone(),
         };
         let handle = spawn(settings, v5);
         // The listener is up once its port is taken while the task still
         // runs. Probing by binding (not connecting) keeps rumqttd from
-        // logging a failed TLS handshake for the probe.
+        // logging a connection without CONNECT for the probe.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             if handle.is_finished() {
@@ -328,80 +294,82 @@ async fn start_listener(
     Err(MqttError::Listener(last_error))
 }
 
-/// Start of the name of the directory with rumqttd's loopback certificate
-/// and key; the owning process's id follows.
-const INTERNAL_DIR_PREFIX: &str = "samverkan-internal-";
-
-/// Removes the internal directories of broker processes that no longer run.
-/// A process that is killed (SIGKILL, power loss) cannot remove its own,
-/// and each holds a loopback server key. Liveness is read from `/proc`;
-/// where there is none, nothing is removed.
-pub fn remove_stale_internal_dirs(temp: &std::path::Path) {
-    if !std::path::Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(temp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(INTERNAL_DIR_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(dir = %entry.path().display(), "removed the internal files of a broker that stopped without cleaning up")
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove stale internal files")
-                }
-            }
-        }
-    }
-}
-
-fn path_string(p: &std::path::Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
-    #[test]
-    fn stale_internal_dirs_are_removed_and_live_ones_kept() {
-        let temp = tempfile::tempdir().unwrap();
-        // No process has this id (Linux's pid_max is at most 2^22).
-        let stale = temp
-            .path()
-            .join(format!("{INTERNAL_DIR_PREFIX}999999999-abc"));
-        let live = temp
-            .path()
-            .join(format!("{INTERNAL_DIR_PREFIX}{}-def", std::process::id()));
-        let other = temp.path().join("samverkan-internal-xyz");
-        for dir in [&stale, &live, &other] {
-            std::fs::create_dir(dir).unwrap();
-            std::fs::write(dir.join("server.key"), "key").unwrap();
+    /// What rumqttd answers to `connect`: its first packet, or `None` if it
+    /// closed the connection without one.
+    async fn answer(addr: SocketAddr, connect: &[u8]) -> Option<Vec<u8>> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(connect).await.unwrap();
+        let read = crate::relay::read_packet(&mut stream, 1024);
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(Ok(packet)) => Some(packet),
+            Ok(Err(_)) => None,
+            Err(_) => panic!("rumqttd neither answered nor closed"),
         }
-        remove_stale_internal_dirs(temp.path());
-        assert!(!stale.exists());
-        assert!(live.exists());
-        assert!(other.exists(), "a name without a process id is not touched");
+    }
+
+    /// A CONNECT of `level` for client id `id` with the given login, if any.
+    fn connect(level: u8, id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level];
+        body.push(0x02 | if login.is_some() { 0xC0 } else { 0 });
+        body.extend_from_slice(&[0, 30]);
+        if level == 5 {
+            body.push(0);
+        }
+        let mut field = |bytes: &[u8]| {
+            body.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            body.extend_from_slice(bytes);
+        };
+        field(id.as_bytes());
+        if let Some((user, password)) = login {
+            field(user.as_bytes());
+            field(password.as_bytes());
+        }
+        let mut packet = vec![0x10];
+        crate::inspect::push_varint(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    #[tokio::test]
+    async fn rumqttd_refuses_connections_without_the_gateways_secret() {
+        let (embedded, _link) = Embedded::start(&MqttSettings::default(), &[])
+            .await
+            .unwrap();
+        let login = embedded.login().clone();
+        assert_eq!(login.password.len(), 64);
+        for (level, addr) in [(4, embedded.v4), (5, embedded.v5)] {
+            // Another local process: no login, a guessed one, the right
+            // user name with another password.
+            for attempt in [
+                None,
+                Some(("admin", "admin")),
+                Some((login.username.as_str(), "0".repeat(64).as_str())),
+            ] {
+                assert_eq!(
+                    answer(addr, &connect(level, "polisen.x", attempt)).await,
+                    None,
+                    "level {level}, login {attempt:?}"
+                );
+            }
+            // The gateway's CONNECT is accepted (CONNACK, return code 0).
+            let connack = answer(
+                addr,
+                &connect(level, "polisen.x", Some((&login.username, &login.password))),
+            )
+            .await
+            .expect("a CONNACK");
+            assert_eq!(connack[0], 0x20);
+            assert_eq!(connack[3], 0, "level {level}: {connack:?}");
+        }
+        // Two logins of two starts differ.
+        let (other, _other_link) = Embedded::start(&MqttSettings::default(), &[])
+            .await
+            .unwrap();
+        assert_ne!(other.login().password, login.password);
     }
 }

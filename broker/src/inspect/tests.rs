@@ -1,4 +1,5 @@
 use super::*;
+use proptest::strategy::Strategy;
 
 /// A packet: first byte, remaining length, body.
 fn packet(first: u8, body: &[u8]) -> (u8, Vec<u8>) {
@@ -233,27 +234,139 @@ fn connect(level: u8, flags: u8, props: &[u8]) -> Vec<u8> {
     packet
 }
 
+fn check_connect(packet: &[u8]) -> Result<(), Violation> {
+    parse_connect(packet).map(|_| ())
+}
+
 #[test]
 fn connect_without_will_alias_or_enhanced_auth() {
-    assert_eq!(check_connect(&connect(4, 0x02, &[]), 4), Ok(()));
-    assert_eq!(check_connect(&connect(5, 0x02, &[0x21, 0, 10]), 5), Ok(()));
+    assert_eq!(check_connect(&connect(4, 0x02, &[])), Ok(()));
+    assert_eq!(check_connect(&connect(5, 0x02, &[0x21, 0, 10])), Ok(()));
+    assert_eq!(check_connect(&connect(4, 0x06, &[])), Err(Violation::Will));
     assert_eq!(
-        check_connect(&connect(4, 0x06, &[]), 4),
-        Err(Violation::Will)
-    );
-    assert_eq!(
-        check_connect(&connect(5, 0x02, &[0x22, 0, 10]), 5),
+        check_connect(&connect(5, 0x02, &[0x22, 0, 10])),
         Err(Violation::TopicAlias)
     );
     // A topic alias maximum of 0 means none.
-    assert_eq!(check_connect(&connect(5, 0x02, &[0x22, 0, 0]), 5), Ok(()));
+    assert_eq!(check_connect(&connect(5, 0x02, &[0x22, 0, 0])), Ok(()));
     let mut auth = vec![0x15];
     auth.extend(string("SCRAM-SHA-1"));
     assert_eq!(
-        check_connect(&connect(5, 0x02, &auth), 5),
+        check_connect(&connect(5, 0x02, &auth)),
         Err(Violation::EnhancedAuth)
     );
-    assert!(check_connect(&connect(4, 0x03, &[]), 4).is_err());
+    // Reserved flag, will QoS without a will, another protocol, bytes after.
+    for flags in [0x03, 0x0A, 0x22] {
+        assert!(matches!(
+            check_connect(&connect(4, flags, &[])),
+            Err(Violation::Malformed(_))
+        ));
+    }
+    assert!(check_connect(&connect(3, 0x02, &[])).is_err());
+    let mut trailing = connect(4, 0x02, &[]);
+    trailing[1] += 1;
+    trailing.push(0);
+    assert!(matches!(
+        check_connect(&trailing),
+        Err(Violation::Malformed(_))
+    ));
+}
+
+#[test]
+fn connect_is_forwarded_with_the_gateways_client_id_and_login() {
+    // MQTT 5, clean start, a session expiry property, user name and password.
+    let mut packet = connect(5, 0xC2, &[0x11, 0, 0, 0, 60]);
+    packet.extend(string("someone"));
+    packet.extend(string("guess"));
+    packet[1] += 16;
+    let parsed = parse_connect(&packet).unwrap();
+    assert_eq!(parsed.client_id, "client");
+    assert_eq!(parsed.username, Some("someone"));
+    assert_eq!(parsed.password, Some(&b"guess"[..]));
+    let forwarded = parsed
+        .for_backend("polisen.client", "samverkan-gateway", b"secret")
+        .unwrap();
+    let again = parse_connect(&forwarded).unwrap();
+    assert_eq!(
+        again,
+        Connect {
+            client_id: "polisen.client",
+            username: Some("samverkan-gateway"),
+            password: Some(&b"secret"[..]),
+            ..parsed
+        }
+    );
+    // 3.1.1 without login, clean session off: the flag is kept.
+    let packet = connect(4, 0x00, &[]);
+    let parsed = parse_connect(&packet).unwrap();
+    let forwarded = parsed.for_backend("a.b", "u", b"p").unwrap();
+    let again = parse_connect(&forwarded).unwrap();
+    assert!(!again.clean);
+    assert_eq!((again.level, again.keep_alive), (4, 30));
+    assert_eq!(again.username, Some("u"));
+    // A client id that no longer fits in a CONNECT with the agency before it.
+    assert!(matches!(
+        parsed.for_backend(&"x".repeat(70_000), "u", b"p"),
+        Err(Violation::Malformed(_))
+    ));
+}
+
+#[test]
+fn only_the_agencys_receipts_and_inbox_reach_its_clients() {
+    for topic in [
+        "/tenants/polisen/receipts",
+        "/tenants/polisen/in/akrim/ost",
+        "/tenants/polisen/in/_audit/checkpoint",
+        "/tenants/polisen/in/_witness/add-checkpoint/1a",
+    ] {
+        assert!(delivery_allowed("polisen", topic), "{topic}");
+        let body = publish_header(topic, 1, None);
+        assert_eq!(check_from_broker("polisen", 0x32, &body, 4), Ok(()));
+    }
+    for topic in [
+        "/tenants/skatteverket/receipts",
+        "/tenants/skatteverket/in/akrim/ost",
+        "/tenants/polisenx/in/a",
+        "/tenants/polise/in/a",
+        "/tenants/polisen/out/akrim/ost",
+        "/tenants/polisen/acks",
+        "/tenants/polisen/in",
+        "/tenants/polisen",
+        "tenants/polisen/in/a",
+        "",
+    ] {
+        assert!(!delivery_allowed("polisen", topic), "{topic}");
+        let body = publish_header(topic, 0, Some(&[]));
+        assert_eq!(
+            check_from_broker("polisen", 0x30, &body, 5),
+            Err(Violation::NotForThisAgency(topic.into()))
+        );
+    }
+    // A topic alias is never passed on (the client allowed none).
+    let aliased = publish_header("/tenants/polisen/receipts", 0, Some(&[0x23, 0, 1]));
+    assert_eq!(
+        check_from_broker("polisen", 0x30, &aliased, 5),
+        Err(Violation::TopicAlias)
+    );
+    // Acknowledgements pass; what a client would send does not.
+    for (first, body) in [
+        (0x40, &[0, 1][..]),
+        (0x90, &[0, 1, 1]),
+        (0xB0, &[0, 1]),
+        (0xD0, &[]),
+    ] {
+        assert_eq!(
+            check_from_broker("polisen", first, body, 4),
+            Ok(()),
+            "{first:x}"
+        );
+    }
+    for first in [0x10, 0x20, 0x82, 0xA2, 0xC0, 0xF0] {
+        assert!(
+            check_from_broker("polisen", first, &[], 4).is_err(),
+            "{first:x}"
+        );
+    }
 }
 
 #[test]
@@ -334,6 +447,80 @@ proptest::proptest! {
         {
             proptest::prop_assert!(topic.starts_with("/tenants/a/"));
         }
-        let _ = check_connect(&body, level);
+        let _ = parse_connect(&body);
+        let _ = parse_from_broker(first, &body, level);
+    }
+
+    /// Whatever CONNECT the gateway accepts, the one it forwards keeps
+    /// everything but the client id and the login, which are the gateway's.
+    #[test]
+    fn forwarded_connect_keeps_all_but_id_and_login(
+        level in 4u8..=5,
+        flags in proptest::num::u8::ANY,
+        keep_alive in proptest::num::u16::ANY,
+        props in proptest::sample::select(vec![vec![], vec![0x11, 0, 0, 0, 9], vec![0x21, 0, 5], vec![0x22, 0, 0], vec![0x26, 0, 1, b'k', 0, 1, b'v']]),
+        id in "[^\u{0}]{0,40}",
+        user in proptest::option::of("[^\u{0}]{0,20}"),
+        password in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..20)),
+        noise in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+    ) {
+        let mut body = string("MQTT");
+        let flags = (flags & 0x3F) | if user.is_some() { 0x80 } else { 0 } | if password.is_some() { 0x40 } else { 0 };
+        body.extend_from_slice(&[level, flags]);
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        if level == 5 {
+            body.push(props.len() as u8);
+            body.extend_from_slice(&props);
+        }
+        body.extend(string(&id));
+        if let Some(user) = &user {
+            body.extend(string(user));
+        }
+        if let Some(password) = &password {
+            body.extend_from_slice(&(password.len() as u16).to_be_bytes());
+            body.extend_from_slice(password);
+        }
+        let mut packet = vec![0x10];
+        push_varint(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        // Flags with a will or reserved bits are refused, the rest accepted.
+        let parsed = parse_connect(&packet);
+        proptest::prop_assert_eq!(parsed.is_ok(), flags & 0x3D == 0, "{:?}", parsed);
+        if let Ok(parsed) = parsed {
+            let backend_id = format!("polisen.{id}");
+            let forwarded = parsed.for_backend(&backend_id, "gateway", b"secret").unwrap();
+            let again = parse_connect(&forwarded).unwrap();
+            proptest::prop_assert_eq!(again, Connect {
+                client_id: &backend_id,
+                username: Some("gateway"),
+                password: Some(&b"secret"[..]),
+                ..parsed
+            });
+        }
+        // Bytes after the packet are refused.
+        if !noise.is_empty() {
+            let mut longer = packet.clone();
+            longer.extend_from_slice(&noise);
+            proptest::prop_assert!(parse_connect(&longer).is_err());
+        }
+    }
+
+    /// A message from rumqttd reaches a client only on its own agency's
+    /// receipts and inbox, whatever the topic.
+    #[test]
+    fn broker_packets_never_cross_agencies(
+        agency in "[a-z][a-z0-9]{0,6}",
+        topic in proptest::sample::select(vec!["/tenants/", "/tenants/a/", "/tenants/ab/in/", "/tenants/a/receipts", "/tenants/a/in/x", "/tenants/b/in/x", "", "in/x", "/tenants/a"]).prop_flat_map(|start| ".{0,12}".prop_map(move |end| format!("{start}{end}"))),
+        qos in 0u8..3,
+        level in 4u8..=5,
+    ) {
+        use proptest::prelude::*;
+        let body = publish_header(&topic, qos, (level == 5).then_some(&[][..]));
+        let checked = check_from_broker(&agency, 0x30 | qos << 1, &body, level);
+        let own = format!("/tenants/{agency}/");
+        let allowed = topic
+            .strip_prefix(&own)
+            .is_some_and(|rest| rest == "receipts" || rest.starts_with("in/"));
+        prop_assert_eq!(checked.is_ok(), allowed, "{} {:?}", topic, checked);
     }
 }

@@ -758,5 +758,8 @@ pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     }
 }
 
+// The path is spelled out because the fuzz crate (broker/fuzz) includes
+// this file by path, where the default would point elsewhere.
 #[cfg(test)]
+#[path = "inspect/tests.rs"]
 mod tests;

@@ -90,7 +90,10 @@ fn client_stream(input: &[u8], level: u8) {
         &mut session,
         1 << 16,
     ));
-    assert!(input.starts_with(&out), "the relay changed or invented bytes");
+    assert!(
+        input.starts_with(&out),
+        "the relay changed or invented bytes"
+    );
     for (first, body) in packets(&out) {
         match first >> 4 {
             kind::PUBLISH => assert!(inspect::publish_allowed(AGENCY, topic(body))),
@@ -120,7 +123,10 @@ fn broker_stream(input: &[u8], level: u8) {
         AGENCY,
         1 << 16,
     ));
-    assert!(input.starts_with(&out), "the relay changed or invented bytes");
+    assert!(
+        input.starts_with(&out),
+        "the relay changed or invented bytes"
+    );
     for (first, body) in packets(&out) {
         if first >> 4 == kind::PUBLISH {
             assert!(inspect::delivery_allowed(AGENCY, topic(body)));
@@ -137,7 +143,10 @@ fn connect(input: &[u8]) {
     };
     let id = format!("{AGENCY}.{}", parsed.client_id);
     let Ok(forwarded) = parsed.for_backend(&id, "gateway", b"secret") else {
-        assert!(id.len() > usize::from(u16::MAX), "only a too long id is refused");
+        assert!(
+            id.len() > usize::from(u16::MAX),
+            "only a too long id is refused"
+        );
         return;
     };
     let again = inspect::parse_connect(&forwarded).expect("the forwarded CONNECT parses");

@@ -1,10 +1,14 @@
-//! What an agency's client may send: every packet from a client is read and
-//! checked here before the gateway passes it to the embedded rumqttd.
+//! What may pass the gateway: every packet from a client is read and
+//! checked here before the gateway passes it to the embedded rumqttd, and
+//! every packet from rumqttd before it reaches the client ([`crate::relay`]
+//! does the reading).
 //!
-//! rumqttd confines a client to its tenant prefix, but inside the prefix it
-//! allows everything, and it keeps an in-memory log for every topic filter
-//! ever subscribed (never freed) and every retained message. So the gateway
-//! allows exactly what `docs/PROTOCOL.md` 13.2 defines for an agency:
+//! rumqttd is reached over plain loopback TCP and confines nothing to a
+//! tenant: these checks are the boundary between agencies. rumqttd also
+//! keeps an in-memory log for every topic filter ever subscribed (never
+//! freed) and every retained message. So the gateway allows exactly what
+//! `docs/PROTOCOL.md` 13.2 defines for an agency, below its own
+//! `/tenants/{agency}/`:
 //!
 //! * PUBLISH only on `out/{logical topic}`, `acks`, `replay` and a
 //!   witness's answers `witness/add-checkpoint/{id}/{status}`, without the
@@ -19,7 +23,9 @@
 //!   else (no second CONNECT, no AUTH, no server-to-client packets).
 //!
 //! Only the broker publishes on an agency's `receipts` and `in/…` topics, so
-//! a client can no longer flood its own agency's receipts or inbox.
+//! a client can no longer flood its own agency's receipts or inbox. From
+//! rumqttd a client gets messages only on those two (see
+//! [`check_from_broker`]).
 //!
 //! The functions here are pure: they parse bytes that the gateway has read
 //! (MQTT 3.1.1 section 2 and 3, MQTT 5 sections 2 and 3) and return what the

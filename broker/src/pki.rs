@@ -111,7 +111,7 @@ fn ca_params(common_name: &str) -> Result<CertificateParams, PkiError> {
 }
 
 /// A certificate authority that can issue certificates (the development
-/// federation CA, or the broker's internal CA).
+/// federation CA).
 pub struct Ca {
     params: CertificateParams,
     key: KeyPair,

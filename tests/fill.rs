@@ -2,14 +2,15 @@
 //! and its test fill a store with it.
 //!
 //! Nothing is made up that the broker would compute: every alert is signed
-//! by its publisher's development key and decided by the router's own code
+//! by its publisher's development key and decided by the pipeline's own code
 //! ([`BatchDecider`]: signature, schema, policy, audit entries, share stamps,
 //! receipts), so shares, denials and rejections, the stored alerts and
-//! deliveries and the subject rows are exactly the broker's. What the router
-//! does around a batch (acknowledgements, policy loads, retention purges,
-//! console accesses, the Merkle tree and checkpoints) is done here in the
-//! same way, with a simulated clock over a chosen period, and written with
-//! [`Store::commit`] in group commits. `samverkan audit verify` accepts the
+//! deliveries and the subject rows are exactly the broker's. Every audit
+//! entry, the Merkle tree and the checkpoints come from the broker's own
+//! appender ([`Appender`]); what the pipeline does around a batch
+//! (acknowledgements, policy loads, retention purges, console accesses) is
+//! done here in the same way, with a simulated clock over a chosen period,
+//! and written with [`Store::commit`] in group commits. `samverkan audit verify` accepts the
 //! result.
 //!
 //! Differences from a broker that ran for the period: a checkpoint is
@@ -28,16 +29,15 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
+use samverkan_broker::audit::appender::{AckFacts, Appender, Draft};
 use samverkan_broker::audit::subject::SubjectHasher;
 use samverkan_broker::audit::tree::Frontier;
-use samverkan_broker::audit::{AuditEntry, EntryKind};
+use samverkan_broker::pipeline::BatchDecider;
 use samverkan_broker::pki::DevPkiLayout;
 use samverkan_broker::policy::PolicySet;
-use samverkan_broker::router::BatchDecider;
 use samverkan_broker::signer::BrokerSigner;
-use samverkan_broker::store::{
-    AckUpdate, Commit, PolicyArchive, Purge, Store, StoreError, StoredCheckpoint,
-};
+use samverkan_broker::store::{Store, StoreError};
+use samverkan_sdk::codes::AccessAction;
 use samverkan_sdk::identifiers::with_check_digit;
 use samverkan_sdk::messages::{self, Ack, Signed};
 use samverkan_sdk::{Envelope, EnvelopeHeader};
@@ -409,64 +409,66 @@ struct Pending {
     due_ms: i64,
 }
 
-/// The appender: the router's state, with a simulated clock.
-struct Appender<'a> {
+/// The pipeline's state around the broker's own [`Appender`], with a
+/// simulated clock.
+struct Filler<'a> {
     store: &'a Store,
     policy: Arc<PolicySet>,
     signer: Arc<BrokerSigner>,
     origin: String,
     publisher_keys: BTreeMap<String, (SigningKey, String)>,
-    next: u64,
-    frontier: Frontier,
-    checkpointed: Option<u64>,
-    commit: Commit,
-    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    appender: Appender,
+    draft: Draft,
+    /// A commit running while the next draft is built, and the tree after it.
+    in_flight: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, Frontier)>,
     report: FillReport,
 }
 
-impl Appender<'_> {
-    /// Adds the entries built since the last call to the tree and commits
-    /// them (in a task of its own, overlapping the next batch's signing);
-    /// signs a checkpoint when the log grew enough.
+impl Filler<'_> {
+    /// The index the next entry gets.
+    fn next(&self) -> u64 {
+        self.draft.next_index()
+    }
+
+    /// Seals the entries built since the last call into the tree and
+    /// commits them (in a task of its own, overlapping the next batch's
+    /// signing); signs a checkpoint when the log grew enough.
     async fn flush(&mut self, now: i64, wait: bool) -> Result<()> {
-        if let Some(task) = self.in_flight.take() {
+        if let Some((task, frontier)) = self.in_flight.take() {
             task.await.context("commit task")??;
+            self.appender.committed(frontier);
         }
-        let mut commit = std::mem::take(&mut self.commit);
-        for e in &commit.audit {
+        let draft = std::mem::replace(&mut self.draft, self.appender.draft(self.policy.version()));
+        let sealed = self.appender.seal(draft)?;
+        for e in &sealed.commit.audit {
             *self
                 .report
                 .by_kind
                 .entry(e.kind.as_str().to_string())
                 .or_default() += 1;
-            commit
-                .tree_hashes
-                .extend(self.frontier.append(e.leaf_hash()));
         }
+        self.appender.launched(sealed.next, &sealed.frontier);
+        self.draft = self.appender.draft(self.policy.version());
         let store = self.store.clone();
-        let size = self.frontier.size();
-        let due = size - self.checkpointed.unwrap_or(0) >= CHECKPOINT_EVERY;
+        let due = sealed.next - self.appender.last_checkpoint().unwrap_or(0) >= CHECKPOINT_EVERY;
         if wait || due {
-            store.commit(&commit).await?;
-            if due || (wait && self.checkpointed != Some(size)) {
-                let root = self.frontier.root();
-                let note = self
-                    .signer
-                    .sign_checkpoint(&self.origin, size, &root, now, self.checkpointed)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                store
-                    .insert_checkpoint(&StoredCheckpoint {
-                        size,
-                        root,
-                        at_ms: now,
-                        note,
-                    })
-                    .await?;
-                self.checkpointed = Some(size);
+            store.commit(&sealed.commit).await?;
+            self.appender.committed(sealed.frontier);
+            if let Some(checkpoint) = self
+                .appender
+                .checkpoint(&self.signer, &self.origin, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                store.insert_checkpoint(&checkpoint).await?;
+                self.appender.checkpoint_stored(checkpoint.size);
                 self.report.checkpoints += 1;
             }
         } else {
-            self.in_flight = Some(tokio::spawn(async move { store.commit(&commit).await }));
+            let commit = sealed.commit;
+            self.in_flight = Some((
+                tokio::spawn(async move { store.commit(&commit).await }),
+                sealed.frontier,
+            ));
         }
         Ok(())
     }
@@ -475,55 +477,28 @@ impl Appender<'_> {
     async fn policy_loaded(&mut self, now: i64) -> Result<()> {
         self.flush(now, true).await?;
         let first = !self.store.policy_archived(self.policy.version()).await?;
-        self.commit.policy = Some(PolicyArchive {
-            version: self.policy.version().to_string(),
-            files_json: serde_json::to_string(self.policy.files())?,
-            at_ms: now,
-        });
-        let mut entry = AuditEntry::new(EntryKind::PolicyLoaded, now);
-        entry.index = self.take_index();
-        entry.policy_version = Some(self.policy.version().to_string());
-        entry.reason_code = Some(if first { "first_load" } else { "load" }.into());
-        entry.reason = Some(format!(
-            "policy {} in force ({} agencies, {} rules)",
-            self.policy.short_version(),
-            self.policy.agencies().len(),
-            self.policy.rules().len()
-        ));
-        self.commit.audit.push(entry);
+        self.draft.policy_loaded(now, &self.policy, first);
         self.flush(now, true).await
     }
 
-    /// Content past its retention period, as the router purges it.
+    /// Content past its retention period, as the pipeline purges it.
     async fn purge(&mut self, now: i64) -> Result<()> {
         self.flush(now, true).await?;
         let types: Vec<String> = self.policy.alert_types().keys().cloned().collect();
         for alert_type in types {
             let days = self.policy.retention_days(&alert_type);
             let cutoff = now - i64::from(days) * DAY_MS;
-            let (a, d) = self.store.purgeable(&alert_type, cutoff).await?;
-            if a + d == 0 {
+            let counts = self.store.purgeable(&alert_type, cutoff).await?;
+            if counts.0 + counts.1 == 0 {
                 continue;
             }
-            self.commit.purges.push(Purge {
-                alert_type: alert_type.clone(),
-                cutoff_ms: cutoff,
-            });
-            let mut entry = AuditEntry::new(EntryKind::RetentionPurge, now);
-            entry.index = self.take_index();
-            entry.alert_type = Some(alert_type.clone());
-            entry.policy_version = Some(self.policy.version().to_string());
-            entry.reason_code = Some("retention".into());
-            entry.reason = Some(format!(
-                "content of {a} alerts and {d} deliveries received before {} purged ({days} days of retention)",
-                samverkan_sdk::time::format_ms(cutoff)
-            ));
-            self.commit.audit.push(entry);
+            self.draft
+                .retention_purge(now, &alert_type, cutoff, days, counts);
         }
         self.flush(now, true).await
     }
 
-    /// One use of the console, as the router records it.
+    /// One use of the console, as the pipeline records it.
     fn access(&mut self, rng: &mut Rng, now: i64, alert_id: Option<String>) {
         let agencies: Vec<String> = self.policy.agencies().keys().cloned().collect();
         let organization = if rng.chance(0.2) {
@@ -532,25 +507,19 @@ impl Appender<'_> {
             rng.pick(&agencies).clone()
         };
         let (action, reason) = match (&alert_id, rng.below(3)) {
-            (Some(id), _) => ("case", format!("case page of alert {id}")),
+            (Some(id), _) => (AccessAction::Case, format!("case page of alert {id}")),
             (None, 0) => (
-                "export",
+                AccessAction::Export,
                 "export csv of ?kind=share (50 entries)".to_string(),
             ),
-            _ => ("search", "search ?kind=denial".to_string()),
+            _ => (AccessAction::Search, "search ?kind=denial".to_string()),
         };
-        let mut entry = AuditEntry::new(EntryKind::AuditorAccess, now);
-        entry.index = self.take_index();
-        entry.recipient = Some(organization);
-        entry.alert_id = alert_id;
-        entry.policy_version = Some(self.policy.version().to_string());
-        entry.reason_code = Some(action.into());
-        entry.reason = Some(reason);
-        self.commit.audit.push(entry);
+        self.draft
+            .auditor_access(now, &organization, action, reason, alert_id, None);
     }
 
     /// Acknowledgements of the shares due by `now`, one signed message per
-    /// recipient, recorded as the router records them.
+    /// recipient, recorded as the pipeline records them.
     fn acks(&mut self, pending: &mut VecDeque<Pending>, now: i64) {
         let mut due: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         while pending.front().is_some_and(|p| p.due_ms <= now) {
@@ -573,34 +542,22 @@ impl Appender<'_> {
                 let message_hash = hex::encode(sha2::Sha256::digest(&message));
                 let signature = b64(&signed.signature.0);
                 for p in chunk {
-                    let index = self.take_index();
-                    let mut entry = AuditEntry::new(EntryKind::Ack, now);
-                    entry.index = index;
-                    entry.alert_id = Some(p.alert_id.clone());
-                    entry.publisher = Some(p.publisher.clone());
-                    entry.recipient = Some(recipient.clone());
-                    entry.topic = Some(p.topic.clone());
-                    entry.share_id = Some(p.share_id.clone());
-                    entry.signature = Some(signature.clone());
-                    entry.policy_version = Some(self.policy.version().to_string());
-                    self.commit.audit.push(entry);
-                    self.commit.acks.push(AckUpdate {
-                        share_id: p.share_id.clone(),
-                        recipient: recipient.clone(),
-                        acked_at_ms: now,
-                        ack_audit_idx: index,
-                        message_hash: message_hash.clone(),
-                        ack_message: message.clone(),
-                    });
+                    self.draft.ack(
+                        now,
+                        &AckFacts {
+                            share_id: &p.share_id,
+                            alert_id: &p.alert_id,
+                            publisher: &p.publisher,
+                            topic: &p.topic,
+                            recipient: &recipient,
+                            message: &message,
+                            message_hash: &message_hash,
+                            signature: &signature,
+                        },
+                    );
                 }
             }
         }
-    }
-
-    fn take_index(&mut self) -> u64 {
-        let i = self.next;
-        self.next += 1;
-        i
     }
 }
 
@@ -645,16 +602,15 @@ pub async fn fill(
             (key, read_key_id(&dir.join("signing.key-id"))?),
         );
     }
-    let mut app = Appender {
+    let appender = Appender::empty();
+    let mut app = Filler {
         store,
         policy: policy.clone(),
         signer: signer.clone(),
         origin: origin.to_string(),
         publisher_keys,
-        next: 0,
-        frontier: Frontier::empty(),
-        checkpointed: None,
-        commit: Commit::default(),
+        draft: appender.draft(policy.version()),
+        appender,
         in_flight: None,
         report: FillReport::default(),
     };
@@ -673,7 +629,7 @@ pub async fn fill(
     let mut rare_subject = String::new();
 
     // Bounded by the entries asked for: every round appends at least one.
-    while app.next < opts.entries {
+    while app.next() < opts.entries {
         now += (mean_gap * 2.0 * rng.unit()) as i64 + 1;
         if now >= next_reload {
             app.policy_loaded(now).await?;
@@ -732,15 +688,14 @@ pub async fn fill(
         let envelope = Envelope::sign(header, &fields, key)?;
         let payload = Bytes::from(envelope.to_json());
         let decider = BatchDecider::new(policy.clone(), signer.clone(), subjects.clone(), now);
-        let deliveries_before = app.commit.deliveries.len();
-        let audit_before = app.commit.audit.len();
+        let deliveries_before = app.draft.commit.deliveries.len();
+        let audit_before = app.draft.commit.audit.len();
         decider.decide(
             vec![(publisher.to_string(), logical, payload)],
-            &mut app.next,
-            &mut app.commit,
+            &mut app.draft,
         );
         app.report.alerts += 1;
-        for d in &app.commit.deliveries[deliveries_before..] {
+        for d in &app.draft.commit.deliveries[deliveries_before..] {
             if rng.chance(opts.ack_ratio) {
                 pending.push_back(Pending {
                     share_id: d.share_id.clone(),
@@ -752,11 +707,11 @@ pub async fn fill(
                 });
             }
         }
-        let shared = app.commit.deliveries.len() > deliveries_before;
-        if shared && sample_alert.is_empty() && app.next >= opts.entries / 2 {
+        let shared = app.draft.commit.deliveries.len() > deliveries_before;
+        if shared && sample_alert.is_empty() && app.next() >= opts.entries / 2 {
             sample_alert = alert_id.clone();
         }
-        if rare_subject.is_empty() && shared && app.next >= opts.entries / 3 {
+        if rare_subject.is_empty() && shared && app.next() >= opts.entries / 3 {
             // A person of the long tail, published once now.
             if let Some(p) = fields
                 .get("subject_personnummer")
@@ -767,18 +722,19 @@ pub async fn fill(
             }
         }
         if rng.chance(0.004) {
-            let case = app.commit.audit[audit_before..]
+            let case = app.draft.commit.audit[audit_before..]
                 .first()
                 .and_then(|e| e.alert_id.clone());
             app.access(&mut rng, now, case);
         }
-        if app.commit.audit.len() >= COMMIT_EVERY {
+        if app.draft.commit.audit.len() >= COMMIT_EVERY {
             app.flush(now, false).await?;
         }
     }
     app.flush(now, true).await?;
+    let entries = app.next();
     let mut report = app.report;
-    report.entries = app.next;
+    report.entries = entries;
     report.seconds = started.elapsed().as_secs_f64();
     report.period = (opts.start_ms, now + 1);
     report.frequent_subject = personnummer(0);

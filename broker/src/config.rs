@@ -40,8 +40,8 @@ use toml::Spanned;
 use crate::gateway::{GatewaySettings, TlsFiles};
 use crate::inspect;
 use crate::mqtt::MqttSettings;
+use crate::pipeline::RouterSettings;
 use crate::pki::DevPkiLayout;
-use crate::router::RouterSettings;
 
 /// The development PKI directory, relative to the working directory.
 pub const DEV_PKI_DIR: &str = "certs-dev";

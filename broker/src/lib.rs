@@ -18,10 +18,12 @@
 //! * [`relay`] — the gateway's packet reader, both directions checked;
 //! * [`client_ids`] — client ids as rumqttd sees them;
 //! * [`mqtt`] — the embedded rumqttd;
-//! * [`router`] — the pipeline: authenticate, validate, decide, record, deliver;
+//! * [`pipeline`] — intake, check, record, acks, replay: authenticate,
+//!   validate, decide, record, deliver;
 //! * [`policy`] — load, validate and apply the policy set;
 //! * [`limits`] — publish and connection limits;
-//! * [`audit`] — audit entries and their exact encoding;
+//! * [`audit`] — the audit appender (the only place that creates entries),
+//!   the Merkle tree, checkpoints, verification and evidence;
 //! * [`store`] — SQLite and PostgreSQL through sqlx;
 //! * [`signer`] — the broker's signing key;
 //! * [`pki`] — the development PKI (never for production).
@@ -39,11 +41,11 @@ pub mod inspect;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;
+pub mod pipeline;
 pub mod pki;
 pub mod policy;
 pub mod quickack;
 pub mod relay;
-pub mod router;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -1,5 +1,5 @@
 //! Starting, running and stopping the whole broker: store, policy, embedded
-//! rumqttd, router, gateway, and the operator's control plane (health,
+//! rumqttd, pipeline, gateway, and the operator's control plane (health,
 //! metrics, reload).
 //!
 //! The library takes an already-bound listener (tests bind `127.0.0.1:0`)
@@ -29,8 +29,10 @@ use crate::gateway::{Gateway, GatewayError, GatewaySettings, TlsFiles, server_co
 use crate::limits::ConnectionLimits;
 use crate::metrics::{AgencyLabel, Metrics};
 use crate::mqtt::{Embedded, MqttError};
+use crate::pipeline::{
+    Command, CommandError, PIPELINE_FILTERS, Pipeline, PipelineError, PipelineParts,
+};
 use crate::policy::{PolicyError, PolicyHandle, PolicySet};
-use crate::router::{ROUTER_FILTERS, Router, RouterCommand, RouterError, RouterParts};
 use crate::signer::BrokerSigner;
 use crate::store::{Backend, Store, StoreError};
 use crate::witness::{WitnessBoard, WitnessHealth};
@@ -133,7 +135,7 @@ pub struct Control {
     config: BrokerConfig,
     policy: Arc<PolicyHandle>,
     gateway: Arc<Gateway>,
-    commands: mpsc::Sender<RouterCommand>,
+    commands: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
     witnesses: Arc<WitnessBoard>,
     health: watch::Receiver<DatabaseHealth>,
@@ -228,15 +230,15 @@ impl Control {
         let now_in_force = self.policy.current();
         let (done, answer) = oneshot::channel();
         self.commands
-            .send(RouterCommand::PolicyChanged {
+            .send(Command::PolicyChanged {
                 previous,
                 done: Some(done),
             })
             .await
-            .map_err(|_| "the router has stopped".to_string())?;
+            .map_err(|_| CommandError::Stopped.to_string())?;
         answer
             .await
-            .map_err(|_| "the router has stopped".to_string())?
+            .map_err(|_| CommandError::Stopped.to_string())?
             .map_err(|e| {
                 format!("the new policy is in force but could not be recorded yet: {e}")
             })?;
@@ -308,7 +310,7 @@ pub struct Broker {
     admin_addr: Option<SocketAddr>,
     console_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    router: JoinHandle<Result<(), RouterError>>,
+    pipeline: JoinHandle<Result<(), PipelineError>>,
     tasks: Vec<JoinHandle<()>>,
     control: Arc<Control>,
     store: Store,
@@ -355,7 +357,7 @@ impl Broker {
         let revoked = crl_serials(&config.tls)?;
         let subjects = SubjectHasher::load(&config.audit.subject_key)?;
         let broker_keys = broker_key_registry(&config, &signer);
-        let (embedded, link) = Embedded::start(&config.mqtt, &ROUTER_FILTERS).await?;
+        let (embedded, link) = Embedded::start(&config.mqtt, &PIPELINE_FILTERS).await?;
         let embedded = Arc::new(embedded);
         info!(v4 = %embedded.v4, v5 = %embedded.v5, "embedded MQTT broker listening on loopback");
 
@@ -363,8 +365,8 @@ impl Broker {
         let witnesses = Arc::new(WitnessBoard::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
-        let router = Router::new(
-            RouterParts {
+        let pipeline = Pipeline::new(
+            PipelineParts {
                 link,
                 policy: policy.clone(),
                 store: store.clone(),
@@ -378,7 +380,7 @@ impl Broker {
             config.router.clone(),
             config.audit.clone(),
         );
-        let router = tokio::spawn(router.run(shutdown_rx.clone()));
+        let pipeline = tokio::spawn(pipeline.run(shutdown_rx.clone()));
 
         let gateway = Arc::new(Gateway::new(
             tls,
@@ -482,7 +484,7 @@ impl Broker {
             admin_addr,
             console_addr,
             shutdown,
-            router,
+            pipeline,
             tasks,
             control,
             store,
@@ -531,40 +533,36 @@ impl Broker {
     }
 
     /// Signs and publishes a checkpoint now; returns its size.
-    pub async fn checkpoint_now(&self) -> Result<u64, String> {
+    pub async fn checkpoint_now(&self) -> Result<u64, CommandError> {
         let (done, answer) = oneshot::channel();
         self.control
             .commands
-            .send(RouterCommand::Checkpoint { done: Some(done) })
+            .send(Command::Checkpoint { done: Some(done) })
             .await
-            .map_err(|_| "the router has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the router has stopped".to_string())?
+            .map_err(|_| CommandError::Stopped)?;
+        answer.await.map_err(|_| CommandError::Stopped)?
     }
 
     /// Purges content past its retention period now; returns how many alerts
     /// and deliveries were purged.
-    pub async fn purge_now(&self) -> Result<(u64, u64), String> {
+    pub async fn purge_now(&self) -> Result<(u64, u64), CommandError> {
         let (done, answer) = oneshot::channel();
         self.control
             .commands
-            .send(RouterCommand::Purge { done: Some(done) })
+            .send(Command::Purge { done: Some(done) })
             .await
-            .map_err(|_| "the router has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the router has stopped".to_string())?
+            .map_err(|_| CommandError::Stopped)?;
+        answer.await.map_err(|_| CommandError::Stopped)?
     }
 
-    /// Stops accepting, lets the router commit and answer what it has
+    /// Stops accepting, lets the pipeline commit and answer what it has
     /// received, closes connections, and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        match self.router.await {
+        match self.pipeline.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "router stopped with an error"),
-            Err(e) => error!(error = %e, "router task failed"),
+            Ok(Err(e)) => error!(error = %e, "pipeline stopped with an error"),
+            Err(e) => error!(error = %e, "pipeline task failed"),
         }
         for task in self.tasks {
             let _ = task.await;
@@ -573,11 +571,11 @@ impl Broker {
         info!("broker stopped");
     }
 
-    /// Waits until the router stops on its own (which only an error does).
-    pub async fn wait(&mut self) -> Result<(), RouterError> {
-        match (&mut self.router).await {
+    /// Waits until the pipeline stops on its own (which only an error does).
+    pub async fn wait(&mut self) -> Result<(), PipelineError> {
+        match (&mut self.pipeline).await {
             Ok(r) => r,
-            Err(e) => Err(RouterError::Link(e.to_string())),
+            Err(e) => Err(PipelineError::Link(e.to_string())),
         }
     }
 }
@@ -620,9 +618,9 @@ fn broker_key_registry(config: &BrokerConfig, signer: &BrokerSigner) -> keys::Ke
     registry
 }
 
-/// Asks the router for checkpoints and retention purges at their intervals.
+/// Asks the pipeline for checkpoints and retention purges at their intervals.
 async fn timers(
-    commands: mpsc::Sender<RouterCommand>,
+    commands: mpsc::Sender<Command>,
     checkpoint_every: Duration,
     purge_every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -634,8 +632,8 @@ async fn timers(
     loop {
         let command = tokio::select! {
             _ = shutdown.changed() => return,
-            _ = checkpoint.tick() => RouterCommand::Checkpoint { done: None },
-            _ = purge.tick() => RouterCommand::Purge { done: None },
+            _ = checkpoint.tick() => Command::Checkpoint { done: None },
+            _ = purge.tick() => Command::Purge { done: None },
         };
         if commands.send(command).await.is_err() {
             return;

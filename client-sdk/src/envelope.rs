@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+use crate::codes::VerificationCode;
 use crate::encoding::{self, Reader, TAG_DISCLOSURE, TAG_ENVELOPE, Writer};
 use crate::keys::{KeyError, KeyResolver};
 use crate::names;
@@ -115,19 +116,26 @@ fn skew_seconds(a: &i64, b: &i64) -> u64 {
 impl EnvelopeError {
     /// A stable, machine-readable code for receipts and audit entries.
     pub fn code(&self) -> &'static str {
+        self.verification_code().as_str()
+    }
+
+    /// The code, as an enum.
+    pub fn verification_code(&self) -> VerificationCode {
         match self {
-            EnvelopeError::Malformed(_) => "malformed_envelope",
-            EnvelopeError::UnsupportedVersion { .. } => "unsupported_version",
-            EnvelopeError::InvalidHeader { .. } => "invalid_header",
-            EnvelopeError::TooManyFields { .. } => "too_many_fields",
-            EnvelopeError::Key(k) => k.code(),
-            EnvelopeError::BadSignature => "bad_signature",
-            EnvelopeError::DigestsNotSorted => "digests_not_sorted",
-            EnvelopeError::MalformedDisclosure { .. } => "malformed_disclosure",
-            EnvelopeError::DisclosureWithoutDigest { .. } => "disclosure_without_digest",
-            EnvelopeError::DuplicateField { .. } => "duplicate_field",
-            EnvelopeError::ClockSkew { .. } => "clock_skew",
-            EnvelopeError::Randomness(_) => "internal",
+            EnvelopeError::Malformed(_) => VerificationCode::MalformedEnvelope,
+            EnvelopeError::UnsupportedVersion { .. } => VerificationCode::UnsupportedVersion,
+            EnvelopeError::InvalidHeader { .. } => VerificationCode::InvalidHeader,
+            EnvelopeError::TooManyFields { .. } => VerificationCode::TooManyFields,
+            EnvelopeError::Key(k) => k.verification_code(),
+            EnvelopeError::BadSignature => VerificationCode::BadSignature,
+            EnvelopeError::DigestsNotSorted => VerificationCode::DigestsNotSorted,
+            EnvelopeError::MalformedDisclosure { .. } => VerificationCode::MalformedDisclosure,
+            EnvelopeError::DisclosureWithoutDigest { .. } => {
+                VerificationCode::DisclosureWithoutDigest
+            }
+            EnvelopeError::DuplicateField { .. } => VerificationCode::DuplicateField,
+            EnvelopeError::ClockSkew { .. } => VerificationCode::ClockSkew,
+            EnvelopeError::Randomness(_) => VerificationCode::Internal,
         }
     }
 }
@@ -497,21 +505,36 @@ impl Envelope {
     /// valid at `issued_at`. Clock skew is the verifier's own policy: see
     /// [`EnvelopeHeader::check_clock_skew`].
     pub fn verify(&self, keys: &dyn KeyResolver) -> Result<VerifiedAlert, EnvelopeError> {
-        self.header.validate()?;
-        let count = self.digests.len().max(self.disclosures.len());
-        if count > MAX_FIELDS {
-            return Err(EnvelopeError::TooManyFields { count });
-        }
-        let public_key = keys.resolve(
-            &self.header.publisher,
-            &self.header.key_id,
-            self.header.issued_at_ms,
-        )?;
+        let public_key = self.check_before_signature(keys)?;
         verify_signature(
             &public_key,
             &signing_input(&self.header, &self.digests),
             &self.signature.0,
         )?;
+        self.check_after_signature()
+    }
+
+    /// Steps 2 to 5 of the verification (section 9 of `docs/PROTOCOL.md`):
+    /// the header, the number of fields, and the key, which it returns.
+    fn check_before_signature(
+        &self,
+        keys: &dyn KeyResolver,
+    ) -> Result<VerifyingKey, EnvelopeError> {
+        self.header.validate()?;
+        let count = self.digests.len().max(self.disclosures.len());
+        if count > MAX_FIELDS {
+            return Err(EnvelopeError::TooManyFields { count });
+        }
+        Ok(keys.resolve(
+            &self.header.publisher,
+            &self.header.key_id,
+            self.header.issued_at_ms,
+        )?)
+    }
+
+    /// Steps 7 and 8, once the signature has verified: the digests' order
+    /// and every disclosure.
+    fn check_after_signature(&self) -> Result<VerifiedAlert, EnvelopeError> {
         if !self.digests.windows(2).all(|w| w[0] < w[1]) {
             return Err(EnvelopeError::DigestsNotSorted);
         }
@@ -536,6 +559,15 @@ impl Envelope {
             envelope: self.clone(),
             disclosures,
         })
+    }
+
+    /// Verifies several envelopes: each result is exactly what
+    /// [`Envelope::verify`] gives for that envelope.
+    pub fn verify_batch(
+        envelopes: &[&Envelope],
+        keys: &dyn KeyResolver,
+    ) -> Vec<Result<VerifiedAlert, EnvelopeError>> {
+        envelopes.iter().map(|e| e.verify(keys)).collect()
     }
 
     /// A copy that keeps only the disclosures whose field name `keep` accepts.

@@ -75,11 +75,17 @@ pub enum KeyError {
 impl KeyError {
     /// A stable, machine-readable code for receipts and audit entries.
     pub fn code(&self) -> &'static str {
+        self.verification_code().as_str()
+    }
+
+    /// The code, as an enum.
+    pub fn verification_code(&self) -> crate::codes::VerificationCode {
+        use crate::codes::VerificationCode;
         match self {
-            KeyError::UnknownKey { .. } => "unknown_key",
-            KeyError::NotYetValid { .. } => "key_not_yet_valid",
-            KeyError::Expired { .. } => "key_expired",
-            KeyError::Revoked { .. } => "key_revoked",
+            KeyError::UnknownKey { .. } => VerificationCode::UnknownKey,
+            KeyError::NotYetValid { .. } => VerificationCode::KeyNotYetValid,
+            KeyError::Expired { .. } => VerificationCode::KeyExpired,
+            KeyError::Revoked { .. } => VerificationCode::KeyRevoked,
         }
     }
 }

@@ -170,6 +170,8 @@ certificates and keys.
 //!   refuses an object that repeats a member name;
 //! * [`topics`] — the MQTT topic layout;
 //! * [`witness`] — an agency's witness of the audit log (cosigns checkpoints);
+//! * [`codes`] — the protocol's machine-readable codes (verification,
+//!   rejection, denial, audit reasons) as enums with their wire strings;
 //! * [`names`] — the syntax of agency ids, logical topics, alert types and
 //!   field names;
 //! * `client` (feature `client`) — the agency client: MQTT over mutual TLS,
@@ -193,6 +195,7 @@ pub mod audit;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod closed_output;
+pub mod codes;
 pub mod encoding;
 pub mod envelope;
 pub mod identifiers;

@@ -189,6 +189,14 @@ pub struct Rejection {
     pub retry_after_ms: Option<u64>,
 }
 
+impl Rejection {
+    /// The code as an enum; `None` for a code this SDK does not know (from
+    /// a newer broker).
+    pub fn kind(&self) -> Option<crate::codes::RejectionCode> {
+        self.code.parse().ok()
+    }
+}
+
 /// One share in a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareReceipt {
@@ -221,6 +229,14 @@ pub struct DenialReceipt {
     pub message: String,
     /// Position of the denial's entry in the audit log.
     pub audit_index: u64,
+}
+
+impl DenialReceipt {
+    /// The code as an enum; `None` for a code this SDK does not know (from
+    /// a newer broker).
+    pub fn kind(&self) -> Option<crate::codes::DenialCode> {
+        self.code.parse().ok()
+    }
 }
 
 /// The broker's answer to a published alert.

@@ -1,8 +1,10 @@
-//! The audit log on the broker's side: appending entries to the Merkle tree,
+//! The audit log on the broker's side: the appender (the only place that
+//! creates entries, numbers them and grows the Merkle tree),
 //! keyed subject hashes, signed checkpoints, full verification, and evidence
 //! bundles. The entry format and every check an outsider needs live in
 //! [`samverkan_sdk::audit`], which this module re-exports.
 
+pub mod appender;
 pub mod evidence;
 pub mod subject;
 pub mod tree;

@@ -50,8 +50,8 @@ use tracing::{debug, info, warn};
 
 use crate::audit::subject::SubjectHasher;
 use crate::gateway::{GatewayError, TlsFiles};
+use crate::pipeline::Command;
 use crate::policy::PolicyHandle;
-use crate::router::RouterCommand;
 use crate::store::{Store, StoreError};
 
 /// Everything the console's handlers share.
@@ -61,7 +61,7 @@ pub struct ConsoleState {
     /// The policy in force (which agencies exist).
     pub policy: Arc<PolicyHandle>,
     /// Where access records are sent to be appended to the log.
-    pub commands: mpsc::Sender<RouterCommand>,
+    pub commands: mpsc::Sender<Command>,
     /// Hashes subject identifiers typed into the subject search.
     pub subjects: SubjectHasher,
     /// The broker's public keys, handed to the in-browser check.

@@ -10,41 +10,10 @@ use tokio::sync::oneshot;
 
 use super::auth::Viewer;
 use super::{ConsoleError, ConsoleState};
-use crate::router::{AccessRecord, RouterCommand};
+use crate::pipeline::{AccessRecord, Command};
 
-/// What an auditor did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// A filtered list.
-    Search,
-    /// One entry's page.
-    Entry,
-    /// One alert's case page.
-    Case,
-    /// An evidence bundle downloaded.
-    Evidence,
-    /// A subject search.
-    Subject,
-    /// A filtered list exported.
-    Export,
-    /// A kept checkpoint checked against today's log.
-    Consistency,
-}
-
-impl Action {
-    /// The `reason_code` of the entry.
-    pub fn code(self) -> &'static str {
-        match self {
-            Action::Search => "search",
-            Action::Entry => "entry",
-            Action::Case => "case",
-            Action::Evidence => "evidence",
-            Action::Subject => "subject",
-            Action::Export => "export",
-            Action::Consistency => "consistency",
-        }
-    }
-}
+/// What an auditor did: the entry's `reason_code`.
+pub use samverkan_sdk::codes::AccessAction as Action;
 
 /// Appends the access entry and waits until it is committed; returns its index.
 pub async fn record(
@@ -63,19 +32,19 @@ pub async fn record(
     let (done, answer) = oneshot::channel();
     let access = AccessRecord {
         organization: viewer.organization.clone(),
-        action: action.code().to_string(),
+        action,
         reason: format!("{}: {}", viewer.who(), what),
         alert_id,
         subject_hash,
     };
     state
         .commands
-        .send(RouterCommand::RecordAccess { access, done })
+        .send(Command::RecordAccess { access, done })
         .await
         .map_err(|_| unavailable("the router has stopped"))?;
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
         Ok(Ok(Ok(index))) => Ok(index),
-        Ok(Ok(Err(e))) => Err(unavailable(&e)),
+        Ok(Ok(Err(e))) => Err(unavailable(&e.to_string())),
         Ok(Err(_)) => Err(unavailable("the router has stopped")),
         Err(_) => Err(unavailable("no answer within 10 s")),
     }

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use samverkan_sdk::codes::DenialCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -73,13 +74,18 @@ pub enum DenialReason {
 impl DenialReason {
     /// A stable, machine-readable code.
     pub fn code(&self) -> &'static str {
+        self.denial_code().as_str()
+    }
+
+    /// The code, as an enum.
+    pub fn denial_code(&self) -> DenialCode {
         match self {
-            DenialReason::NoRuleForAlert => "no_rule_for_alert",
-            DenialReason::NoRuleForRecipient => "no_rule_for_recipient",
-            DenialReason::ConditionNotMet { .. } => "condition_not_met",
-            DenialReason::UnknownRecipient => "unknown_recipient",
-            DenialReason::SelfAddressed => "self_addressed",
-            DenialReason::NoPermittedFields => "no_permitted_fields",
+            DenialReason::NoRuleForAlert => DenialCode::NoRuleForAlert,
+            DenialReason::NoRuleForRecipient => DenialCode::NoRuleForRecipient,
+            DenialReason::ConditionNotMet { .. } => DenialCode::ConditionNotMet,
+            DenialReason::UnknownRecipient => DenialCode::UnknownRecipient,
+            DenialReason::SelfAddressed => DenialCode::SelfAddressed,
+            DenialReason::NoPermittedFields => DenialCode::NoPermittedFields,
         }
     }
 }

@@ -393,7 +393,7 @@ impl Client {
                                     .rejection
                                     .as_ref()
                                     .filter(|_| self.wait_when_rate_limited)
-                                    .filter(|r| r.code == "rate_limited")
+                                    .filter(|r| r.kind() == Some(crate::codes::RejectionCode::RateLimited))
                                     .and_then(|r| r.retry_after_ms)
                                     .map(|ms| Instant::now() + Duration::from_millis(ms.clamp(1, 60_000)))
                                     .filter(|at| *at < deadline);

@@ -11,14 +11,181 @@
 //! acknowledge) leaves the window after [`RELEASE_AFTER`], or as soon as a
 //! share sent after it is acknowledged (the recipient has read past it).
 //!
-//! This module is the bookkeeping only; the router reads the store and
-//! sends. Memory is bounded per agency: one replay at a time, each holding
+//! [`Replays`] reads the store and sends; [`Pacer`] is the bookkeeping. Memory is bounded per agency: one replay at a time, each holding
 //! at most one window of share ids.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::QueuePosition;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use samverkan_sdk::messages::{self, ReplayRequest, ReplayStatus};
+use samverkan_sdk::time::Clock;
+use samverkan_sdk::topics;
+use tracing::{debug, error, info, warn};
+
+use super::intake::Outbox;
+use crate::signer::BrokerSigner;
+use crate::store::{QueuePosition, Store};
+
+/// The replays in progress and what they need: the store to read the
+/// queue, the outbox to send, the broker's key to sign each replay's status.
+pub(super) struct Replays {
+    pacer: Pacer,
+    /// At most one request per second and agency, burst 3.
+    requests: DefaultKeyedRateLimiter<String>,
+    store: Store,
+    outbox: Outbox,
+    signer: Arc<BrokerSigner>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Replays {
+    /// No replays yet; each request sends at most `limit` shares.
+    pub(super) fn new(
+        limit: u32,
+        store: Store,
+        outbox: Outbox,
+        signer: Arc<BrokerSigner>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let quota = Quota::per_second(NonZeroU32::MIN)
+            .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN));
+        Self {
+            pacer: Pacer::new(limit),
+            requests: RateLimiter::keyed(quota),
+            store,
+            outbox,
+            signer,
+            clock,
+        }
+    }
+
+    /// Whether any replay is in progress.
+    pub(super) fn active(&self) -> bool {
+        self.pacer.active()
+    }
+
+    /// `agency` acknowledged `share_ids`: its replay's window opens.
+    pub(super) fn acked(&mut self, agency: &str, share_ids: &[String]) {
+        self.pacer.acked(agency, share_ids);
+    }
+
+    /// Starts replaying `tenant`'s unacknowledged shares (at most one
+    /// request per second, burst 3); [`Self::pace`] sends them.
+    pub(super) fn start(&mut self, tenant: &str, payload: &[u8]) {
+        let request = ReplayRequest::from_json(payload)
+            .map(|r| r.request_id)
+            .ok()
+            .filter(|id| id.len() <= messages::MAX_REQUEST_ID_LEN)
+            .unwrap_or_else(|| "-".into());
+        if self.requests.check_key(&tenant.to_string()).is_err() {
+            warn!(
+                agency = tenant,
+                request, "replay request refused: too frequent"
+            );
+            return;
+        }
+        debug!(agency = tenant, request, "replay started");
+        self.pacer.start(tenant, request);
+    }
+
+    /// Sends what the replays' windows allow, after releasing the shares
+    /// that have waited too long for an acknowledgement. Each call sends at
+    /// most one window per agency, so a large replay cannot hold up the
+    /// pipeline, and other agencies' traffic goes on between windows.
+    pub(super) async fn pace(&mut self) {
+        self.pacer.expire(Instant::now());
+        for tenant in self.pacer.agencies() {
+            self.refill(&tenant).await;
+        }
+        for (tenant, done) in self.pacer.take_finished() {
+            self.finish(&tenant, done).await;
+        }
+    }
+
+    /// Sends the next shares of `tenant`'s replay that fit in its window,
+    /// and marks the replay as sent in full at the end of the queue or at
+    /// its limit.
+    async fn refill(&mut self, tenant: &str) {
+        let Some(room) = self.pacer.room(tenant) else {
+            return;
+        };
+        let page = match self
+            .store
+            .replay_page(tenant, room.after, room.shares)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                let request = self.pacer.abandon(tenant).unwrap_or_default();
+                error!(agency = tenant, request, error = %e, "replay stopped: database unavailable");
+                return;
+            }
+        };
+        let exhausted = page.len() < room.shares as usize;
+        let mut all_sent = true;
+        for share in page {
+            if !self.pacer.fits(tenant) {
+                all_sent = false;
+                break;
+            }
+            let bytes = share.payload.len();
+            self.pacer.sent(
+                tenant,
+                share.share_id,
+                share.position,
+                bytes,
+                Instant::now(),
+            );
+            self.outbox
+                .send(topics::inbox(tenant, &share.topic), share.payload)
+                .await;
+        }
+        self.pacer.end_if_done(tenant, exhausted && all_sent);
+    }
+
+    /// Says, signed, that `tenant`'s replay has ended (sent in full, and
+    /// every share acknowledged or released) and how many shares it left.
+    async fn finish(&mut self, tenant: &str, done: Finished) {
+        let remaining = if done.at_limit {
+            match self.store.replay_remaining(tenant, done.after).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Unknown: say that some remain, so the client asks again.
+                    warn!(agency = tenant, error = %e, "could not count the shares a replay left");
+                    1
+                }
+            }
+        } else {
+            0
+        };
+        info!(
+            agency = tenant,
+            request = done.request,
+            count = done.sent,
+            remaining,
+            "replayed unacknowledged shares"
+        );
+        let status = ReplayStatus {
+            agency: tenant.to_string(),
+            request_id: done.request,
+            sent: done.sent,
+            remaining,
+            signed_at_ms: self.clock.now_ms(),
+        };
+        let signed = self.signer.sign(messages::TAG_REPLAY_STATUS, &status);
+        match serde_json::to_vec(&signed) {
+            Ok(payload) => {
+                self.outbox
+                    .send(topics::replay_status(tenant), payload)
+                    .await
+            }
+            Err(e) => error!(agency = tenant, error = %e, "could not encode a replay status"),
+        }
+    }
+}
 
 /// Most replayed shares of one agency sent and not yet acknowledged.
 pub(super) const WINDOW_SHARES: usize = 256;

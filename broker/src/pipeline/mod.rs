@@ -1,0 +1,851 @@
+//! The pipeline every alert goes through, and the only component that
+//! crosses tenants.
+//!
+//! The pipeline is an in-process client of rumqttd subscribed to
+//! `/tenants/+/out/#` (alerts), `/tenants/+/acks`, `/tenants/+/replay` and
+//! the witnesses' answers. Its stages, one module each:
+//!
+//! * [`intake`] — reads rumqttd's link into a queue and takes whatever has
+//!   arrived as one batch; the [`intake::Outbox`] writes answers back;
+//! * [`check`] — pure: each alert of the batch against the policy, its
+//!   keys, the publish limits and the clock (size, topic, rate limit,
+//!   envelope and signature, key valid now, schema, policy decision,
+//!   resends), one decision per alert;
+//! * [`record`] — decisions into the store's rows, audit entries and the
+//!   broker-signed share stamps and receipts;
+//! * [`acks`] — acknowledgements verified and recorded;
+//! * [`replay`] — replays of unacknowledged shares, paced by the
+//!   recipients' acknowledgements.
+//!
+//! Audit entries are numbered and added to the Merkle tree by the one
+//! [`Appender`]; this module wires the stages around it. The whole batch —
+//! alerts, one audit entry per share, denial and rejection, the
+//! acknowledgements and the delivery queue — is written in **one
+//! transaction** (group commit), and only after it has committed are the
+//! deliveries (only the permitted disclosures plus a broker-signed stamp)
+//! and the broker-signed receipts published. If the database fails, nothing
+//! of the batch is sent: publishers get no receipt and resend (fail closed).
+//!
+//! Two batches overlap: while one commits (in a task of its own, which
+//! then sends its answers), the next is checked and recorded on a blocking
+//! thread. Only one batch is ever in flight, so answers stay in order and
+//! memory stays bounded; a batch built on one that then fails to commit is
+//! dropped unanswered, and the appender's state is reread.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttd::local::LinkRx;
+use samverkan_sdk::codes::AccessAction;
+use samverkan_sdk::time::Clock;
+use samverkan_sdk::topics;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+pub mod acks;
+pub mod check;
+pub mod intake;
+pub mod record;
+mod replay;
+
+use self::check::{Arrived, CheckContext};
+use self::intake::{Inbound, Outbox};
+pub use self::record::BatchDecider;
+use self::record::{Recorded, Recorder};
+use self::replay::Replays;
+
+use crate::audit::EntryKind;
+use crate::audit::appender::{Appender, Draft, Sealed};
+use crate::audit::subject::SubjectHasher;
+use crate::audit::tree::Frontier;
+use crate::config::AuditSettings;
+use crate::limits::PublishLimits;
+use crate::mqtt::RouterLink;
+use crate::policy::{PolicyHandle, PolicySet};
+use crate::signer::BrokerSigner;
+use crate::store::{Commit, KnownAlert, Store, StoreError};
+use crate::witness::{Coordinator, SignedHead, WitnessBoard};
+
+/// The topic filters the pipeline subscribes to.
+pub const PIPELINE_FILTERS: [&str; 4] = [
+    "/tenants/+/out/#",
+    "/tenants/+/acks",
+    "/tenants/+/replay",
+    "/tenants/+/witness/#",
+];
+
+/// Limits of the pipeline (the configuration's `[router]` section).
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Largest alert payload accepted; larger ones are refused with a receipt.
+    pub max_payload_bytes: usize,
+    /// Largest allowed difference between `issued_at` and the broker's clock.
+    pub max_clock_skew_ms: i64,
+    /// Most messages handled (and committed) as one batch.
+    pub batch_max: usize,
+    /// Most deliveries sent per replay request.
+    pub replay_limit: u32,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_clock_skew_ms: 5 * 60 * 1000,
+            batch_max: 512,
+            replay_limit: 10_000,
+        }
+    }
+}
+
+/// Why the pipeline stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// rumqttd's router went away, or the pipeline's link was lost.
+    #[error("embedded MQTT router link failed: {0}")]
+    Link(String),
+    /// The store failed at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a [`Command`] was not carried out.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The database failed; nothing was recorded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint could not be signed.
+    #[error("could not sign the checkpoint: {0}")]
+    Checkpoint(#[from] samverkan_sdk::audit::AuditProofError),
+    /// The pipeline has stopped (or stopped before answering).
+    #[error("the pipeline has stopped")]
+    Stopped,
+}
+
+/// Work the pipeline is asked to do besides routing, so that every audit
+/// entry is appended by the one appender.
+#[derive(Debug)]
+pub enum Command {
+    /// Sign and publish a checkpoint of the log (if it grew).
+    Checkpoint {
+        /// Answered with the checkpoint's size.
+        done: Option<oneshot::Sender<Result<u64, CommandError>>>,
+    },
+    /// Purge content past its retention period.
+    Purge {
+        /// Answered with how many alerts and deliveries were purged.
+        done: Option<oneshot::Sender<Result<(u64, u64), CommandError>>>,
+    },
+    /// An auditor used the console: record it as an `auditor_access` entry
+    /// before the console answers.
+    RecordAccess {
+        /// What was done, by whom.
+        access: AccessRecord,
+        /// Answered with the entry's index once committed.
+        done: oneshot::Sender<Result<u64, CommandError>>,
+    },
+    /// A new policy is in force: record it, and the keys it revokes.
+    PolicyChanged {
+        /// The policy that was in force before.
+        previous: Arc<PolicySet>,
+        /// Answered once recorded.
+        done: Option<oneshot::Sender<Result<(), CommandError>>>,
+    },
+}
+
+/// One use of the auditor console, to be recorded (PROTOCOL.md 13.8.2,
+/// `auditor_access`). Holds no personal data: a subject only as its hash.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    /// The auditor's organization (O=): an agency, or the supervisor's body.
+    pub organization: String,
+    /// What was done.
+    pub action: AccessAction,
+    /// Who (certificate common name and serial) and what was asked.
+    pub reason: String,
+    /// The alert looked at (case pages).
+    pub alert_id: Option<String>,
+    /// The subject hash looked up (subject searches).
+    pub subject_hash: Option<String>,
+}
+
+/// What a pipeline works with.
+pub struct PipelineParts {
+    /// Its link into rumqttd.
+    pub link: RouterLink,
+    /// The policy in force.
+    pub policy: Arc<PolicyHandle>,
+    /// The database.
+    pub store: Store,
+    /// The broker's signing key.
+    pub signer: Arc<BrokerSigner>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The subject hash key.
+    pub subjects: SubjectHasher,
+    /// Checkpoint, purge, access and policy commands.
+    pub commands: mpsc::Receiver<Command>,
+    /// Where the pipeline counts what it does.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where the witness coordinator shows what it knows.
+    pub witnesses: Arc<WitnessBoard>,
+}
+
+/// The publish limits of the policy version they were built from.
+struct Limits {
+    limits: Arc<PublishLimits>,
+    version: String,
+}
+
+impl Limits {
+    fn of(policy: &PolicySet) -> Self {
+        Self {
+            limits: Arc::new(PublishLimits::from_policy(policy)),
+            version: policy.version().to_string(),
+        }
+    }
+
+    /// The limits of `policy`, rebuilt if it is a new version.
+    fn refresh(&mut self, policy: &PolicySet) -> Arc<PublishLimits> {
+        if policy.version() != self.version {
+            *self = Self::of(policy);
+        }
+        self.limits.clone()
+    }
+}
+
+/// The pipeline task's state.
+pub struct Pipeline {
+    /// rumqttd's link, until [`Pipeline::run`] hands it to the intake.
+    rx: Option<LinkRx>,
+    outbox: Outbox,
+    policy: Arc<PolicyHandle>,
+    store: Store,
+    signer: Arc<BrokerSigner>,
+    settings: RouterSettings,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    /// The policy version whose load the log records, once it does.
+    recorded_policy: Option<String>,
+    replays: Replays,
+    commands: mpsc::Receiver<Command>,
+    audit: AuditSettings,
+    subjects: SubjectHasher,
+    appender: Appender,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The batch whose transaction runs while the next one is prepared.
+    in_flight: Option<InFlight>,
+    /// Each new checkpoint, for the witness coordinator.
+    heads: watch::Sender<Option<Arc<SignedHead>>>,
+    witnesses: Arc<WitnessBoard>,
+}
+
+/// A batch being committed by a task of its own, which sends the batch's
+/// deliveries and receipts once the transaction has committed. The pipeline
+/// meanwhile checks and records the next batch (signatures, policy,
+/// signing), so that CPU work and the database's commit overlap; at most
+/// one batch is in flight, which keeps answers in order and memory bounded.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    /// Its accepted alerts by (publisher, alert id), so that a resend
+    /// arriving meanwhile is answered like one of a committed alert.
+    alerts: HashMap<(String, String), KnownAlert>,
+    /// The shares it records as acknowledged.
+    acked: HashSet<String>,
+    /// The tree after it.
+    frontier: Frontier,
+}
+
+/// What a committed batch sends, in this order.
+struct Answers {
+    deliveries: Vec<(String, Vec<u8>)>,
+    receipts: Vec<(String, Vec<u8>)>,
+}
+
+impl Pipeline {
+    /// A pipeline over `parts.link`, deciding with `parts.policy` and recording in `parts.store`.
+    pub fn new(parts: PipelineParts, settings: RouterSettings, audit: AuditSettings) -> Self {
+        let PipelineParts {
+            link,
+            policy,
+            store,
+            signer,
+            clock,
+            subjects,
+            commands,
+            metrics,
+            witnesses,
+        } = parts;
+        let outbox = Outbox::spawn(link.tx);
+        let replays = Replays::new(
+            settings.replay_limit,
+            store.clone(),
+            outbox.clone(),
+            signer.clone(),
+            clock.clone(),
+        );
+        Self {
+            rx: Some(link.rx),
+            outbox,
+            limits: Limits::of(&policy.current()),
+            policy,
+            store,
+            signer,
+            settings,
+            clock,
+            recorded_policy: None,
+            replays,
+            commands,
+            audit,
+            subjects,
+            appender: Appender::new(),
+            metrics,
+            in_flight: None,
+            heads: watch::channel(None).0,
+            witnesses,
+        }
+    }
+
+    /// Commits a draft made outside the batch pipeline (policy, purge,
+    /// access) and waits for it; the appender moves on only if it
+    /// committed. Never called with a batch in flight.
+    async fn commit_now(&mut self, draft: Draft) -> Result<(), StoreError> {
+        let sealed = self.appender.seal(draft)?;
+        let started = Instant::now();
+        if let Err(e) = self.store.commit(&sealed.commit).await {
+            self.metrics.failed_commits.inc();
+            self.appender.failed();
+            return Err(e);
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        count_commit(&self.metrics, &sealed.commit, sealed.next);
+        self.appender.launched(sealed.next, &sealed.frontier);
+        self.appender.committed(sealed.frontier);
+        Ok(())
+    }
+
+    /// Waits for the batch in flight. False if it did not commit: its
+    /// answers were never sent, and whatever was built on it is void.
+    async fn settle(&mut self) -> bool {
+        let Some(in_flight) = self.in_flight.take() else {
+            return true;
+        };
+        let failure = match in_flight.task.await {
+            Ok(Ok(())) => {
+                self.appender.committed(in_flight.frontier);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the commit task ended abnormally: {e}"),
+        };
+        error!(error = %failure, "commit failed: nothing of that batch was answered (publishers will resend)");
+        // The appender's state is reread before the next batch; the policy
+        // in force is recorded again with it.
+        self.appender.failed();
+        self.recorded_policy = None;
+        false
+    }
+
+    /// Starts committing `sealed` in a task of its own, which sends
+    /// `answers` once it has committed.
+    fn launch(&mut self, sealed: Sealed, answers: Answers) {
+        let Sealed {
+            commit,
+            next,
+            frontier,
+        } = sealed;
+        let alerts = commit
+            .alerts
+            .iter()
+            .map(|a| {
+                (
+                    (a.publisher.clone(), a.alert_id.clone()),
+                    KnownAlert {
+                        envelope_hash: a.envelope_hash.clone(),
+                        receipt: a.receipt.clone(),
+                    },
+                )
+            })
+            .collect();
+        let acked = commit.acks.iter().map(|a| a.share_id.clone()).collect();
+        let (store, metrics, outbox) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.outbox.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            if let Err(e) = store.commit(&commit).await {
+                metrics.failed_commits.inc();
+                return Err(e);
+            }
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            count_commit(&metrics, &commit, next);
+            drop(commit);
+            for (topic, payload) in answers.deliveries {
+                outbox.send(topic, payload).await;
+            }
+            for (tenant, receipt) in answers.receipts {
+                outbox.send(topics::receipts(&tenant), receipt).await;
+            }
+            Ok(())
+        });
+        self.appender.launched(next, &frontier);
+        self.in_flight = Some(InFlight {
+            task,
+            alerts,
+            acked,
+            frontier,
+        });
+    }
+
+    async fn handle(&mut self, command: Command) {
+        if !self.settle().await {
+            warn!("a command waits for the database after a failed commit");
+        }
+        match command {
+            Command::Checkpoint { done } => {
+                let result = self.checkpoint().await;
+                if let Err(e) = &result {
+                    error!(error = %e, "could not sign a checkpoint");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            Command::PolicyChanged { previous, done } => {
+                let result = self.record_policy_change(&previous).await;
+                if let Err(e) = &result {
+                    error!(error = %e, "the policy change could not be recorded yet (it will be with the next batch)");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result.map_err(CommandError::from));
+                }
+            }
+            Command::RecordAccess { access, done } => {
+                let result = self.record_access(access).await;
+                if let Err(e) = &result {
+                    error!(error = %e, "a console access could not be recorded; it is refused");
+                }
+                let _ = done.send(result.map_err(CommandError::from));
+            }
+            Command::Purge { done } => {
+                let result = self.purge().await;
+                if let Err(e) = &result {
+                    error!(error = %e, "retention purge failed (will be retried)");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result.map_err(CommandError::from));
+                }
+            }
+        }
+    }
+
+    /// Adds the `policy_loaded` entry of `policy` to `draft`.
+    async fn record_policy(
+        &self,
+        policy: &PolicySet,
+        now: i64,
+        draft: &mut Draft,
+    ) -> Result<(), StoreError> {
+        let first = !self.store.policy_archived(policy.version()).await?;
+        draft.policy_loaded(now, policy, first);
+        info!(
+            version = policy.version(),
+            "policy version recorded in the audit log"
+        );
+        Ok(())
+    }
+
+    async fn record_start(&mut self) -> Result<(), StoreError> {
+        self.appender.sync(&self.store).await?;
+        let policy = self.policy.current();
+        let mut draft = self.appender.draft(policy.version());
+        self.record_policy(&policy, self.clock.now_ms(), &mut draft)
+            .await?;
+        self.commit_now(draft).await?;
+        self.recorded_policy = Some(policy.version().to_string());
+        Ok(())
+    }
+
+    /// Records a newly loaded policy version and every key it newly revokes.
+    async fn record_policy_change(&mut self, previous: &PolicySet) -> Result<(), StoreError> {
+        self.appender.sync(&self.store).await?;
+        let policy = self.policy.current();
+        let now = self.clock.now_ms();
+        let mut draft = self.appender.draft(policy.version());
+        let record_load = self.recorded_policy.as_deref() != Some(policy.version());
+        if record_load {
+            self.record_policy(&policy, now, &mut draft).await?;
+        }
+        for key in policy.keys().iter() {
+            let Some(revoked_at) = key.revoked_at_ms else {
+                continue;
+            };
+            let before = previous
+                .keys()
+                .iter()
+                .find(|k| k.owner == key.owner && k.key_id == key.key_id)
+                .and_then(|k| k.revoked_at_ms);
+            if before == Some(revoked_at) {
+                continue;
+            }
+            warn!(agency = %key.owner, key = %key.key_id, "signing key revoked by the new policy");
+            draft.key_revoked(now, key);
+        }
+        if !draft.is_empty() {
+            self.commit_now(draft).await?;
+            if record_load {
+                self.recorded_policy = Some(policy.version().to_string());
+            }
+        }
+        self.limits.refresh(&policy);
+        Ok(())
+    }
+
+    /// Appends one `auditor_access` entry (and its subject row) and commits it.
+    async fn record_access(&mut self, access: AccessRecord) -> Result<u64, StoreError> {
+        self.appender.sync(&self.store).await?;
+        let policy = self.policy.current();
+        let mut draft = self.appender.draft(policy.version());
+        let index = draft.auditor_access(
+            self.clock.now_ms(),
+            &access.organization,
+            access.action,
+            access.reason,
+            access.alert_id,
+            access.subject_hash,
+        );
+        self.commit_now(draft).await?;
+        Ok(index)
+    }
+
+    /// Signs, stores and publishes a checkpoint of the log as it is now,
+    /// unless the last one already covers every entry.
+    async fn checkpoint(&mut self) -> Result<u64, CommandError> {
+        self.appender.sync(&self.store).await?;
+        let Some(checkpoint) =
+            self.appender
+                .checkpoint(&self.signer, &self.audit.origin, self.clock.now_ms())?
+        else {
+            return Ok(self.appender.committed_size());
+        };
+        self.store.insert_checkpoint(&checkpoint).await?;
+        let size = checkpoint.size;
+        self.appender.checkpoint_stored(size);
+        let policy = self.policy.current();
+        for agency in policy.agencies().keys() {
+            self.outbox
+                .send(
+                    topics::checkpoint(agency),
+                    checkpoint.note.clone().into_bytes(),
+                )
+                .await;
+        }
+        info!(size, root = %hex::encode(checkpoint.root), "audit checkpoint signed and published");
+        self.heads.send_replace(Some(Arc::new(SignedHead {
+            size,
+            note: checkpoint.note,
+            signed: Instant::now(),
+        })));
+        Ok(size)
+    }
+
+    /// Purges alert content past its retention period, with one audit entry
+    /// per alert type purged, in one transaction.
+    async fn purge(&mut self) -> Result<(u64, u64), StoreError> {
+        self.appender.sync(&self.store).await?;
+        let policy = self.policy.current();
+        let now = self.clock.now_ms();
+        let mut draft = self.appender.draft(policy.version());
+        let (mut alerts, mut deliveries) = (0, 0);
+        let mut alert_types: std::collections::BTreeSet<String> =
+            policy.alert_types().keys().cloned().collect();
+        alert_types.extend(self.store.alert_types_with_content().await?);
+        for alert_type in &alert_types {
+            let days = policy.retention_days(alert_type);
+            let cutoff = now - i64::from(days) * 86_400_000;
+            let (a, d) = self.store.purgeable(alert_type, cutoff).await?;
+            if a + d == 0 {
+                continue;
+            }
+            alerts += a;
+            deliveries += d;
+            draft.retention_purge(now, alert_type, cutoff, days, (a, d));
+        }
+        if !draft.is_empty() {
+            self.commit_now(draft).await?;
+            info!(
+                alerts,
+                deliveries, "content past its retention period purged"
+            );
+        }
+        Ok((alerts, deliveries))
+    }
+
+    /// Runs until `shutdown` turns true: everything received before that is
+    /// committed and answered before this returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
+        // The policy in force at start is an audit entry of its own (retried
+        // with the first batch if the database is not there yet).
+        if let Err(e) = self.record_start().await {
+            warn!(error = %e, "the policy load could not be recorded yet");
+        }
+        let rx = self
+            .rx
+            .take()
+            .ok_or_else(|| PipelineError::Link("the pipeline's link was already taken".into()))?;
+        // Witnesses are asked for cosignatures by a task of their own, so a
+        // slow or absent witness never holds up the pipeline.
+        let (answers, answers_rx) = mpsc::channel(intake::WITNESS_ANSWERS);
+        if let Ok(Some(latest)) = self.store.latest_checkpoint().await {
+            self.heads.send_replace(Some(Arc::new(SignedHead {
+                size: latest.size,
+                note: latest.note,
+                signed: Instant::now(),
+            })));
+        }
+        let coordinator = Coordinator::new(
+            self.store.clone(),
+            self.policy.clone(),
+            self.outbox.sender(),
+            self.witnesses.clone(),
+            self.metrics.clone(),
+        );
+        let coordinator =
+            tokio::spawn(coordinator.run(self.heads.subscribe(), answers_rx, shutdown.clone()));
+        let (intake, mut queue) = intake::spawn(
+            rx,
+            self.settings.batch_max * intake::INTAKE_BATCHES,
+            answers,
+        );
+        let mut pace = tokio::time::interval(PACE_EVERY);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break Ok(()),
+                Some(command) = self.commands.recv() => self.handle(command).await,
+                _ = pace.tick(), if self.replays.active() => self.replays.pace().await,
+                batch = intake::next_batch(&mut queue, self.settings.batch_max) => match batch {
+                    Some(batch) => self.process(batch).await,
+                    None => break Err(PipelineError::Link("rumqttd closed the pipeline's link".into())),
+                },
+            }
+        };
+        // Answer what was already taken from rumqttd.
+        intake.abort();
+        let mut rest = Vec::new();
+        while let Ok(message) = queue.try_recv() {
+            rest.push(message);
+        }
+        if !rest.is_empty() {
+            self.process(rest).await;
+        }
+        self.settle().await;
+        if let Err(e) = self.checkpoint().await {
+            warn!(error = %e, "no final checkpoint at shutdown");
+        }
+        coordinator.abort();
+        info!("pipeline stopped");
+        result
+    }
+
+    async fn process(&mut self, batch: Vec<Inbound>) {
+        if let Err(e) = self.appender.sync(&self.store).await {
+            error!(error = %e, messages = batch.len(), "database unavailable: nothing of this batch is recorded or answered (publishers will resend)");
+            return;
+        }
+        let now = self.clock.now_ms();
+        let policy = self.policy.current();
+        let limits = self.limits.refresh(&policy);
+        let mut draft = self.appender.draft(policy.version());
+        let messages = batch.len();
+
+        if self.recorded_policy.as_deref() != Some(policy.version())
+            && let Err(e) = self.record_policy(&policy, now, &mut draft).await
+        {
+            error!(error = %e, "database unavailable: batch dropped (fail closed)");
+            return;
+        }
+
+        // Parse alerts (no signature work yet); collect acks and replays.
+        let mut alerts = Vec::new();
+        let mut acks = Vec::new();
+        let mut replays = Vec::new();
+        for inbound in batch {
+            match inbound {
+                Inbound::Alert {
+                    tenant,
+                    logical,
+                    payload,
+                } => alerts.push(Arrived::new(tenant, logical, payload)),
+                Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
+                Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
+            }
+        }
+        let keys: Vec<(String, String)> = alerts.iter().filter_map(Arrived::key).collect();
+        let known = match self.known_alerts(&keys).await {
+            Ok(k) => k,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
+
+        // Check and record on a blocking thread (signatures, policy, broker
+        // signatures), so that the batch in flight commits and connections
+        // are served meanwhile.
+        let context = CheckContext {
+            policy: policy.clone(),
+            max_payload_bytes: self.settings.max_payload_bytes,
+            max_clock_skew_ms: self.settings.max_clock_skew_ms,
+            limits,
+            now,
+        };
+        let recorder = Recorder {
+            policy: policy.clone(),
+            signer: self.signer.clone(),
+            subjects: self.subjects.clone(),
+            now,
+        };
+        let decided = tokio::task::spawn_blocking(move || {
+            let outcomes = check::check(&context, alerts, &known);
+            let recorded = recorder.record(&outcomes, &mut draft);
+            (recorded, draft)
+        })
+        .await;
+        let (recorded, mut draft): (Recorded, Draft) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                error!(error = %e, "deciding a batch failed: nothing of it is answered (publishers will resend)");
+                return;
+            }
+        };
+
+        // Acknowledgements.
+        let mut acked = Vec::new();
+        let no_acks = HashSet::new();
+        let in_flight_acks = self.in_flight.as_ref().map_or(&no_acks, |f| &f.acked);
+        for (tenant, payload) in acks {
+            match acks::record(
+                &self.store,
+                &policy,
+                &tenant,
+                &payload,
+                (now, self.settings.max_clock_skew_ms),
+                in_flight_acks,
+                &mut draft,
+            )
+            .await
+            {
+                Ok(Some(share_ids)) => acked.push((tenant, share_ids)),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                    return;
+                }
+            }
+        }
+
+        // One transaction for everything, committed while the next batch is
+        // prepared; nothing is sent before it commits.
+        let policy_recorded = draft
+            .commit
+            .audit
+            .iter()
+            .any(|e| e.kind == EntryKind::PolicyLoaded);
+        let sealed = match self.appender.seal(draft) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "nothing of this batch is answered (publishers will resend)");
+                return;
+            }
+        };
+        if !self.settle().await {
+            warn!(
+                messages,
+                "batch dropped: it was built on a batch that did not commit (publishers will resend)"
+            );
+            return;
+        }
+        if self.appender.since_checkpoint() >= self.audit.checkpoint_every_entries
+            && let Err(e) = self.checkpoint().await
+        {
+            error!(error = %e, "could not sign a checkpoint");
+        }
+        if policy_recorded {
+            self.recorded_policy = Some(policy.version().to_string());
+        }
+        self.metrics.accepted.inc_by(recorded.accepted);
+        self.metrics.resent.inc_by(recorded.resent);
+        for code in recorded.rejected {
+            self.metrics
+                .rejected
+                .get_or_create(&crate::metrics::CodeLabel {
+                    code: code.as_str().to_string(),
+                })
+                .inc();
+        }
+        self.metrics.batch_size.observe(messages as f64);
+        let answers = Answers {
+            deliveries: recorded.deliveries,
+            receipts: recorded.receipts,
+        };
+        self.launch(sealed, answers);
+        // A verified acknowledgement shows what the recipient has taken,
+        // whether or not it commits; it only opens the replay's window.
+        for (tenant, share_ids) in acked {
+            self.replays.acked(&tenant, &share_ids);
+        }
+        for (tenant, payload) in replays {
+            self.replays.start(&tenant, &payload);
+        }
+        self.replays.pace().await;
+    }
+
+    /// Alerts accepted earlier, by (publisher, alert id): committed ones
+    /// from the store, and those of the batch in flight.
+    async fn known_alerts(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), KnownAlert>, StoreError> {
+        let mut known = self.store.known_alerts(keys).await?;
+        if let Some(in_flight) = &self.in_flight {
+            for key in keys {
+                if let Some(k) = in_flight.alerts.get(key) {
+                    known.insert(key.clone(), k.clone());
+                }
+            }
+        }
+        Ok(known)
+    }
+}
+
+/// Counts a committed commit; `next` is the log's size after it.
+fn count_commit(metrics: &crate::metrics::Metrics, commit: &Commit, next: u64) {
+    for entry in &commit.audit {
+        match entry.kind {
+            EntryKind::Share => metrics.shares.inc(),
+            EntryKind::Denial => metrics.denials.inc(),
+            EntryKind::Ack => metrics.acks.inc(),
+            _ => 0,
+        };
+    }
+    metrics
+        .audit_entries
+        .set(i64::try_from(next).unwrap_or(i64::MAX));
+}
+
+/// How often replays waiting for acknowledgements are looked at (to release
+/// shares that were never acknowledged).
+const PACE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);

@@ -602,7 +602,7 @@ impl Coordinator {
                             .witness_refusals
                             .get_or_create(&status_label("bad_cosignature"))
                             .inc();
-                        self.update_row(&agency, |row, _| row.last_error = Some(e));
+                        self.update_row(&agency, |row, _| row.last_error = Some(e.to_string()));
                     }
                 }
             }
@@ -658,7 +658,7 @@ impl Coordinator {
             Err(e) => {
                 warn!(witness = agency, error = %e, "an answer that is not one of add-checkpoint");
                 peer.next_try = Instant::now() + peer.pause;
-                self.update_row(&agency, |row, _| row.last_error = Some(e));
+                self.update_row(&agency, |row, _| row.last_error = Some(e.to_string()));
             }
         }
     }
@@ -714,30 +714,40 @@ impl Coordinator {
     }
 }
 
+/// Why a witness's answer or a cosigned note could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CosignError {
+    /// The note or the answer's lines do not parse, or a line does not verify.
+    #[error(transparent)]
+    Note(#[from] samverkan_sdk::audit::AuditProofError),
+    /// The answer holds no cosignature of the witness's key.
+    #[error("no cosignature of {0} in the answer")]
+    Missing(String),
+}
+
 /// The one cosignature line of `key` in a witness's answer, verified over
 /// the checkpoint's text.
-fn verify_answer(note: &str, lines: &str, key: &WitnessKey) -> Result<String, String> {
-    let lines = samverkan_sdk::audit::cosignature::parse_signature_lines(lines)
-        .map_err(|e| e.to_string())?;
-    let (text, _) = split_note(note).map_err(|e| e.to_string())?;
+fn verify_answer(note: &str, lines: &str, key: &WitnessKey) -> Result<String, CosignError> {
+    let lines = samverkan_sdk::audit::cosignature::parse_signature_lines(lines)?;
+    let (text, _) = split_note(note)?;
     let own: Vec<String> = lines
         .into_iter()
         .filter(|l| l.starts_with(&format!("\u{2014} {} ", key.name)))
         .collect();
     let combined = join_note(&text, &own);
-    let verified =
-        verify_cosignatures(&combined, std::slice::from_ref(key)).map_err(|e| e.to_string())?;
+    let verified = verify_cosignatures(&combined, std::slice::from_ref(key))?;
     verified
         .into_iter()
         .next()
         .map(|c| c.line)
-        .ok_or_else(|| format!("no cosignature of {} in the answer", key.vkey()))
+        .ok_or_else(|| CosignError::Missing(key.vkey()))
 }
 
 /// The broker's note with the cosignature lines added, sorted by key name
 /// (the canonical order of evidence bundles).
-pub fn cosigned_note(note: &str, mut cosignatures: Vec<String>) -> Result<String, String> {
-    let (text, broker) = split_note(note).map_err(|e| e.to_string())?;
+pub fn cosigned_note(note: &str, mut cosignatures: Vec<String>) -> Result<String, CosignError> {
+    let (text, broker) = split_note(note)?;
     cosignatures.sort();
     cosignatures.dedup();
     let mut lines = broker;

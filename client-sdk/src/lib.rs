@@ -166,6 +166,7 @@ certificates and keys.
 //!   and kommunkod with their check rules;
 //! * [`audit`] — audit log entries, inclusion and consistency proofs, signed
 //!   checkpoints and evidence files, checked offline;
+//! * [`batch`] — ed25519 batch verification with the strict check's semantics;
 //! * [`json`] — the one JSON reader for everything read from the wire, which
 //!   refuses an object that repeats a member name;
 //! * [`topics`] — the MQTT topic layout;
@@ -192,6 +193,7 @@ certificates and keys.
 
 pub mod alerts;
 pub mod audit;
+pub mod batch;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod closed_output;

@@ -80,6 +80,16 @@ pub async fn run() -> Result<Ceiling> {
         let _ = ed25519_dalek::verify_batch(&msgs, &sigs, &keys);
     }) * batch as f64;
     println!("  ed25519 verify (batches of {batch}) {batched:>12.0}");
+    // What the broker's check stage uses: batches that accept exactly what
+    // the strict check accepts (docs/DECISIONS.md).
+    let signature_bytes = signature.to_bytes();
+    let items: Vec<samverkan_sdk::batch::Item<'_>> = (0..batch)
+        .map(|_| (&vk, input.as_slice(), signature_bytes.as_slice()))
+        .collect();
+    let strict_batched = per_second(1000, || {
+        let _ = samverkan_sdk::batch::verify_strict_batch(&items);
+    }) * batch as f64;
+    println!("  ed25519 verify (strict batches) {strict_batched:>11.0}");
     let sign = per_second(1000, || {
         let _ = key.sign(&input);
     });

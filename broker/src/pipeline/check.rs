@@ -8,8 +8,8 @@
 //! flood costs a JSON parse, not a signature check), then the envelope
 //! (publisher, topic, clock skew, signature, key valid now), the alert
 //! type's schema, the policy's decision, and finally alert ids used before.
-//! The publishers' signatures of a batch are checked together
-//! ([`Envelope::verify_batch`], strict semantics kept).
+//! The publishers' signatures of a batch are checked in one call
+//! ([`Envelope::verify_batch`]: exactly the strict check's answers).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -159,11 +159,11 @@ pub fn check(
                 to_verify.push((outcomes.len(), envelope, a));
                 outcomes.push(None);
             }
-            Err(r) => outcomes.push(Some(Outcome::Rejected(Box::new(r)))),
+            Err(r) => outcomes.push(Some(Outcome::Rejected(r))),
         }
     }
 
-    // Every signature of the batch at once.
+    // Every signature of the batch in one call.
     let envelopes: Vec<&Envelope> = to_verify.iter().map(|(_, e, _)| e).collect();
     let verified = Envelope::verify_batch(&envelopes, ctx.policy.keys());
     for ((i, envelope, a), result) in to_verify.iter().zip(verified) {
@@ -249,15 +249,17 @@ fn code_of(e: &EnvelopeError) -> RejectionCode {
 
 /// Steps 1 to 7 (PROTOCOL 13.5.5): everything before the signature.
 /// Returns the envelope to verify.
-fn before_signature(ctx: &CheckContext, a: &Arrived) -> Result<Envelope, Rejected> {
+fn before_signature(ctx: &CheckContext, a: &Arrived) -> Result<Envelope, Box<Rejected>> {
     let (tenant, logical, payload) = (a.tenant.as_str(), a.logical.as_str(), &a.payload);
     // Steps 1 to 3 name the alert if it can be read.
-    let early = |code, message: String| match &a.parsed {
-        Ok(envelope) => refuse_envelope(tenant, logical, envelope, code, message),
-        Err(_) => Rejected {
-            alert_id: peek_alert_id(payload),
-            ..reject(tenant, code, message)
-        },
+    let early = |code, message: String| {
+        Box::new(match &a.parsed {
+            Ok(envelope) => refuse_envelope(tenant, logical, envelope, code, message),
+            Err(_) => Rejected {
+                alert_id: peek_alert_id(payload),
+                ..reject(tenant, code, message)
+            },
+        })
     };
     if payload.len() > ctx.max_payload_bytes {
         return Err(early(
@@ -285,7 +287,11 @@ fn before_signature(ctx: &CheckContext, a: &Arrived) -> Result<Envelope, Rejecte
         Err(e) => return Err(early(code_of(e), e.to_string())),
     };
     let h = &envelope.header;
-    let refused = |code, message| Err(refuse_envelope(tenant, logical, &envelope, code, message));
+    let refused = |code, message| {
+        Err(Box::new(refuse_envelope(
+            tenant, logical, &envelope, code, message,
+        )))
+    };
     if h.publisher != tenant {
         return refused(
             RejectionCode::PublisherMismatch,

@@ -1,13 +1,13 @@
 //! Collecting the witnesses' cosignatures (C2SP tlog-witness, over MQTT).
 //!
-//! After the router signs a checkpoint, this task asks every witness of the
+//! After the pipeline signs a checkpoint, this task asks every witness of the
 //! policy in force to cosign it: an `add-checkpoint` request with the size
 //! the witness last cosigned and the consistency proof from there. It
 //! verifies and stores every cosignature, and once the cosignatures of a
 //! checkpoint meet the quorum it publishes the checkpoint with them to every
 //! agency (`/tenants/{agency}/in/_audit/cosigned`).
 //!
-//! A witness that does not answer never holds anything up: the router goes
+//! A witness that does not answer never holds anything up: the pipeline goes
 //! on signing, and the witness is asked again with the newest checkpoint,
 //! after a timeout and then with a growing pause. One request per witness is
 //! in flight at a time, so a witness that comes back catches up in one
@@ -48,18 +48,18 @@ const RECENT: usize = 64;
 /// Most requests answered by one witness with 409 in a row before pausing.
 const MAX_RESENDS: u32 = 3;
 
-/// A checkpoint the router signed.
+/// A checkpoint the pipeline signed.
 #[derive(Debug, Clone)]
 pub struct SignedHead {
     /// Tree size.
     pub size: u64,
     /// The broker-signed note.
     pub note: String,
-    /// When the router signed it.
+    /// When the pipeline signed it.
     pub signed: Instant,
 }
 
-/// A witness's answer, as the router's intake read it.
+/// A witness's answer, as the pipeline's intake read it.
 #[derive(Debug)]
 pub struct WitnessAnswer {
     /// The agency whose witness answers.
@@ -228,7 +228,7 @@ pub struct Coordinator {
     counter: u64,
     /// Verified cosignatures on their way to the store (written off the
     /// path from answer to quorum: the database's single writer is busy
-    /// with the router's commits).
+    /// with the pipeline's commits).
     writer: Option<mpsc::Sender<StoredCosignature>>,
     /// The consistency proofs of the newest checkpoint, by old size.
     proofs: Option<(u64, ProofsByOld)>,

@@ -56,7 +56,7 @@ use crate::store::{Store, StoreError};
 
 /// Everything the console's handlers share.
 pub struct ConsoleState {
-    /// The database (read only, except through the router).
+    /// The database (read only, except through the pipeline).
     pub store: Store,
     /// The policy in force (which agencies exist).
     pub policy: Arc<PolicyHandle>,

@@ -1,6 +1,6 @@
 //! Every search, entry or case view, subject lookup, evidence download and
 //! export on the console is itself an `auditor_access` entry of the audit
-//! log, appended by the router before the answer is sent: if it cannot be
+//! log, appended by the pipeline before the answer is sent: if it cannot be
 //! recorded, nothing is shown. A subject appears only as its keyed hash, so
 //! "who looked up this person" is a subject search like any other.
 
@@ -41,11 +41,11 @@ pub async fn record(
         .commands
         .send(Command::RecordAccess { access, done })
         .await
-        .map_err(|_| unavailable("the router has stopped"))?;
+        .map_err(|_| unavailable("the pipeline has stopped"))?;
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
         Ok(Ok(Ok(index))) => Ok(index),
         Ok(Ok(Err(e))) => Err(unavailable(&e.to_string())),
-        Ok(Err(_)) => Err(unavailable("the router has stopped")),
+        Ok(Err(_)) => Err(unavailable("the pipeline has stopped")),
         Err(_) => Err(unavailable("no answer within 10 s")),
     }
 }

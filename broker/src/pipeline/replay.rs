@@ -235,7 +235,7 @@ impl Session {
     }
 }
 
-/// What the router should fetch next for an agency's replay.
+/// What the pipeline should fetch next for an agency's replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Room {
     /// Fetch shares after this position.

@@ -45,11 +45,15 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A `[[key]]` of keys.toml.
 fn key_entry(owner: &str, id: &str, seed: u8, extra: &str) -> String {
+    key_entry_from(owner, id, seed, NOW - 30 * DAY, extra)
+}
+
+fn key_entry_from(owner: &str, id: &str, seed: u8, not_before: i64, extra: &str) -> String {
     use base64::Engine;
     let public = base64::engine::general_purpose::STANDARD.encode(key(seed).verifying_key());
     format!(
         "[[key]]\nowner = \"{owner}\"\nid = \"{id}\"\npublic_key = \"{public}\"\nnot_before = {}\n{extra}\n",
-        samverkan_sdk::time::format_ms(NOW - 30 * DAY)
+        samverkan_sdk::time::format_ms(not_before)
     )
 }
 
@@ -92,6 +96,7 @@ fn policy() -> Arc<PolicySet> {
         102,
         &format!("not_after = {}", at(NOW - DAY)),
     );
+    keys += &key_entry_from("skatteverket", "sk-future", 103, NOW + DAY, "");
     std::fs::write(dir.join("keys.toml"), keys).unwrap();
     std::fs::write(
         dir.join("limits.toml"),
@@ -145,6 +150,7 @@ fn seed_of(key_id: &str) -> u8 {
         "sk-revoked" => 100,
         "sk-revoked-now" => 101,
         "sk-expired" => 102,
+        "sk-future" => 103,
         id => AGENCIES
             .iter()
             .position(|a| id == format!("{a}-t1"))
@@ -337,6 +343,9 @@ fn every_verification_refusal_keeps_its_code() {
     let e = sign(header("skatteverket", "sk-expired", "v-6"), &company_flag());
     assert_eq!(code(&ctx, sk(&e)), RejectionCode::KeyExpired);
 
+    let e = sign(header("skatteverket", "sk-future", "v-6b"), &company_flag());
+    assert_eq!(code(&ctx, sk(&e)), RejectionCode::KeyNotYetValid);
+
     let mut e = valid("v-7");
     e.signature.0[5] ^= 1;
     assert_eq!(code(&ctx, sk(&e)), RejectionCode::BadSignature);
@@ -462,5 +471,19 @@ fn one_forged_signature_in_a_batch_is_refused_alone() {
         } else {
             assert!(matches!(outcome, Outcome::Accepted(_)), "{i}: {outcome:?}");
         }
+    }
+}
+
+#[test]
+fn every_rejection_code_is_exercised_above() {
+    // The tests of this file name each code; a code added to the protocol
+    // needs a test here too.
+    let this_file = include_str!("tests.rs");
+    for code in RejectionCode::ALL {
+        let variant = format!("{code:?}");
+        assert!(
+            this_file.contains(&format!("RejectionCode::{variant}")),
+            "no test refuses with {code}"
+        );
     }
 }

@@ -1,0 +1,350 @@
+//! The write path: everything one batch of alerts produces, committed in
+//! one transaction, and what the appender reads before it writes.
+
+use std::collections::HashMap;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::audit::AUDIT_COLUMNS;
+use super::deliveries::DELIVERY_COLUMNS;
+use super::dialect::{insert_rows, json_list, placeholders, placeholders_after, to_i64};
+use super::{Purge, Store, StoreError, console};
+use crate::audit::AuditEntry;
+
+/// An accepted alert, as stored.
+#[derive(Debug, Clone)]
+pub struct AlertRow {
+    /// The publishing agency.
+    pub publisher: String,
+    /// The publisher's alert id.
+    pub alert_id: String,
+    /// Hex SHA-256 of the signing input.
+    pub envelope_hash: String,
+    /// The alert type.
+    pub alert_type: String,
+    /// The logical topic.
+    pub topic: String,
+    /// The publisher's signing time.
+    pub issued_at_ms: i64,
+    /// When the broker received it.
+    pub received_at_ms: i64,
+    /// The policy version that decided.
+    pub policy_version: String,
+    /// The envelope without disclosures (JSON).
+    pub signed_envelope: Vec<u8>,
+    /// The complete envelope (JSON).
+    pub content: Vec<u8>,
+    /// The signed receipt (JSON).
+    pub receipt: Vec<u8>,
+}
+
+/// A share waiting for its recipient.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    /// The share id.
+    pub share_id: String,
+    /// The receiving agency.
+    pub recipient: String,
+    /// The alert shared.
+    pub alert_id: String,
+    /// Its publisher.
+    pub publisher: String,
+    /// Its alert type (for retention).
+    pub alert_type: String,
+    /// The logical topic.
+    pub topic: String,
+    /// The share's audit entry.
+    pub audit_idx: u64,
+    /// The signed delivery message (JSON).
+    pub payload: Vec<u8>,
+    /// When it was recorded.
+    pub created_at_ms: i64,
+}
+
+/// Everything one batch of alerts writes, committed atomically.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Newly accepted alerts.
+    pub alerts: Vec<AlertRow>,
+    /// New audit entries, with consecutive indices continuing the log.
+    pub audit: Vec<AuditEntry>,
+    /// New deliveries.
+    pub deliveries: Vec<DeliveryRow>,
+    /// Deliveries acknowledged by their recipient.
+    pub acks: Vec<AckUpdate>,
+    /// New stored hashes of the Merkle tree, by stored-hash index.
+    pub tree_hashes: Vec<(u64, [u8; 32])>,
+    /// Subject hash → audit entry index.
+    pub subjects: Vec<(String, u64)>,
+    /// Content to purge after its retention period.
+    pub purges: Vec<Purge>,
+    /// A policy version to archive (if it is not yet).
+    pub policy: Option<PolicyArchive>,
+}
+
+impl Commit {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+            && self.audit.is_empty()
+            && self.deliveries.is_empty()
+            && self.acks.is_empty()
+            && self.tree_hashes.is_empty()
+            && self.subjects.is_empty()
+            && self.purges.is_empty()
+            && self.policy.is_none()
+    }
+}
+
+/// The text of a policy version, archived with the entry that records its load.
+#[derive(Debug, Clone)]
+pub struct PolicyArchive {
+    /// The version.
+    pub version: String,
+    /// Its files, as JSON.
+    pub files_json: String,
+    /// When it was first loaded.
+    pub at_ms: i64,
+}
+
+/// A delivery acknowledged by its recipient.
+#[derive(Debug, Clone)]
+pub struct AckUpdate {
+    /// The share.
+    pub share_id: String,
+    /// The acknowledging recipient.
+    pub recipient: String,
+    /// When the broker recorded the acknowledgement.
+    pub acked_at_ms: i64,
+    /// The acknowledgement's audit entry.
+    pub ack_audit_idx: u64,
+    /// Hex SHA-256 of the signed acknowledgement that covered it.
+    pub message_hash: String,
+    /// The recipient's signed acknowledgement (JSON), stored once per message.
+    pub ack_message: Vec<u8>,
+}
+
+/// What is stored about an alert that was already accepted.
+#[derive(Debug, Clone)]
+pub struct KnownAlert {
+    /// Hex SHA-256 of its signing input.
+    pub envelope_hash: String,
+    /// The receipt that was sent.
+    pub receipt: Vec<u8>,
+}
+
+/// Column list of `alerts`, in bind order.
+const ALERT_COLUMNS: &str = "publisher, alert_id, envelope_hash, alert_type, topic, issued_at_ms, received_at_ms, policy_version, signed_envelope, content, receipt";
+
+impl Store {
+    /// The index the next audit entry gets.
+    pub async fn next_audit_index(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS next FROM audit_entries")
+            .fetch_one(&self.pool)
+            .await?;
+        let next: i64 = row.try_get("next")?;
+        Ok(u64::try_from(next).unwrap_or(0))
+    }
+
+    /// Alerts already accepted, by (publisher, alert id).
+    pub async fn known_alerts(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), KnownAlert>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT publisher, alert_id, envelope_hash, receipt FROM alerts WHERE (publisher, alert_id) IN ({})",
+                placeholders(self.backend, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (publisher, alert_id) in chunk {
+                q = q.bind(publisher.clone()).bind(alert_id.clone());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let key = (row.try_get("publisher")?, row.try_get("alert_id")?);
+                out.insert(
+                    key,
+                    KnownAlert {
+                        envelope_hash: row.try_get("envelope_hash")?,
+                        receipt: row.try_get("receipt")?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the text of a policy version is archived.
+    pub async fn policy_archived(&self, version: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM policy_versions WHERE version = $1")
+            .bind(version.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Writes a batch in one transaction.
+    pub async fn commit(&self, c: &Commit) -> Result<(), StoreError> {
+        if c.is_empty() {
+            return Ok(());
+        }
+        let b = self.backend;
+        let mut tx = self.pool.begin().await?;
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO alerts ({ALERT_COLUMNS})"),
+            11,
+            &c.alerts,
+            |q, a| {
+                q.bind(a.publisher.clone())
+                    .bind(a.alert_id.clone())
+                    .bind(a.envelope_hash.clone())
+                    .bind(a.alert_type.clone())
+                    .bind(a.topic.clone())
+                    .bind(a.issued_at_ms)
+                    .bind(a.received_at_ms)
+                    .bind(a.policy_version.clone())
+                    .bind(a.signed_envelope.clone())
+                    .bind(a.content.clone())
+                    .bind(a.receipt.clone())
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO audit_entries ({AUDIT_COLUMNS})"),
+            21,
+            &c.audit,
+            |q, e| {
+                q.bind(to_i64(e.index))
+                    .bind(e.kind.as_str())
+                    .bind(e.at_ms)
+                    .bind(e.alert_id.clone())
+                    .bind(e.publisher.clone())
+                    .bind(e.recipient.clone())
+                    .bind(e.topic.clone())
+                    .bind(e.alert_type.clone())
+                    .bind(e.rule_id.clone())
+                    .bind(e.legal_basis.clone())
+                    .bind(e.purpose.clone())
+                    .bind(json_list(&e.fields))
+                    .bind(e.disclosed_digest.clone())
+                    .bind(e.envelope_hash.clone())
+                    .bind(e.signature.clone())
+                    .bind(e.policy_version.clone())
+                    .bind(e.share_id.clone())
+                    .bind(e.reason_code.clone())
+                    .bind(e.reason.clone())
+                    .bind(json_list(&e.subject_hashes))
+                    .bind(e.leaf_hash().to_vec())
+            },
+        )
+        .await?;
+        let day_counts = console::day_counts(&c.audit);
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO audit_day_counts (day, kind, publisher, recipient, legal_basis, n)| \
+             ON CONFLICT (day, kind, publisher, recipient, legal_basis) \
+             DO UPDATE SET n = audit_day_counts.n + excluded.n",
+            6,
+            &day_counts,
+            |q, (k, n)| {
+                q.bind(k.day)
+                    .bind(k.kind.clone())
+                    .bind(k.publisher.clone())
+                    .bind(k.recipient.clone())
+                    .bind(k.legal_basis.clone())
+                    .bind(*n)
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            b,
+            &format!("INSERT INTO deliveries ({DELIVERY_COLUMNS})"),
+            9,
+            &c.deliveries,
+            |q, d| {
+                q.bind(d.share_id.clone())
+                    .bind(d.recipient.clone())
+                    .bind(d.alert_id.clone())
+                    .bind(d.publisher.clone())
+                    .bind(d.alert_type.clone())
+                    .bind(d.topic.clone())
+                    .bind(to_i64(d.audit_idx))
+                    .bind(d.payload.clone())
+                    .bind(d.created_at_ms)
+            },
+        )
+        .await?;
+        // Acknowledgements: the signed messages once each, a row per share,
+        // and the shares marked in bulk.
+        let mut messages: Vec<(&str, &[u8])> = Vec::new();
+        for a in &c.acks {
+            if !messages.iter().any(|(h, _)| *h == a.message_hash) {
+                messages.push((&a.message_hash, &a.ack_message));
+            }
+        }
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO ack_messages (message_hash, message)| ON CONFLICT (message_hash) DO NOTHING",
+            2,
+            &messages,
+            |q, (hash, message)| q.bind(hash.to_string()).bind(message.to_vec()),
+        )
+        .await?;
+        insert_rows(&mut tx, b, "INSERT INTO acks (share_id, recipient, acked_at_ms, ack_audit_idx, message_hash)| ON CONFLICT (share_id) DO NOTHING", 5, &c.acks, |q, a| {
+            q.bind(a.share_id.clone())
+                .bind(a.recipient.clone())
+                .bind(a.acked_at_ms)
+                .bind(to_i64(a.ack_audit_idx))
+                .bind(a.message_hash.clone())
+        })
+        .await?;
+        for chunk in c.acks.chunks(256) {
+            let sql = format!(
+                "UPDATE deliveries SET acked_at_ms = {} WHERE share_id IN {} AND acked_at_ms IS NULL",
+                placeholders(b, 1, 1).trim_matches(|c| c == '(' || c == ')'),
+                placeholders_after(b, 1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(chunk[0].acked_at_ms);
+            for a in chunk {
+                q = q.bind(a.share_id.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        insert_rows(
+            &mut tx,
+            b,
+            "INSERT INTO tree_hashes (idx, hash)",
+            2,
+            &c.tree_hashes,
+            |q, (idx, hash)| q.bind(to_i64(*idx)).bind(hash.to_vec()),
+        )
+        .await?;
+        insert_rows(&mut tx, b, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
+            q.bind(hash.clone()).bind(to_i64(*idx))
+        })
+        .await?;
+        if let Some(p) = &c.policy {
+            sqlx::query(
+                "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(p.version.clone())
+            .bind(p.at_ms)
+            .bind(p.files_json.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for p in &c.purges {
+            p.apply(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -697,12 +697,19 @@ pub async fn fill(
         app.report.alerts += 1;
         for d in &app.draft.commit.deliveries[deliveries_before..] {
             if rng.chance(opts.ack_ratio) {
+                // The alert and topic of a share are its entry's.
+                let Some(entry) = app.draft.commit.audit[audit_before..]
+                    .iter()
+                    .find(|e| e.index == d.audit_idx)
+                else {
+                    continue;
+                };
                 pending.push_back(Pending {
                     share_id: d.share_id.clone(),
                     recipient: d.recipient.clone(),
-                    alert_id: d.alert_id.clone(),
-                    publisher: d.publisher.clone(),
-                    topic: d.topic.clone(),
+                    alert_id: entry.alert_id.clone().unwrap_or_default(),
+                    publisher: entry.publisher.clone().unwrap_or_default(),
+                    topic: entry.topic.clone().unwrap_or_default(),
                     due_ms: now + 60_000 + rng.below(3_600_000) as i64,
                 });
             }

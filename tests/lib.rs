@@ -293,7 +293,6 @@ impl TestBroker {
         for (_, leaf) in store.audit_range_with_leaves(0, next).await.unwrap() {
             hashes.extend(frontier.append(leaf.try_into().unwrap()));
         }
-        store.close().await;
         let mut conn = sqlx::AnyConnection::connect(&self.config.store_url)
             .await
             .unwrap();
@@ -301,14 +300,15 @@ impl TestBroker {
             .execute(&mut conn)
             .await
             .unwrap();
-        for (idx, hash) in hashes {
-            sqlx::query("INSERT INTO tree_hashes (idx, hash) VALUES ($1, $2)")
-                .bind(idx as i64)
-                .bind(hash.to_vec())
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
+        // Written back as the broker writes them, whatever the layout.
+        store
+            .commit(&samverkan_broker::store::Commit {
+                tree_hashes: hashes,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store.close().await;
     }
 
     /// Stops the broker gracefully.

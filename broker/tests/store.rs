@@ -134,6 +134,7 @@ on_both_backends!(
     deliveries_acks_and_replay_pages,
     retention_purges_content_and_keeps_evidence,
     known_alerts_find_resends,
+    a_store_of_migration_3_is_converted,
 );
 
 const VERSION: &str = "0123456789abcdef";
@@ -303,20 +304,17 @@ impl Log {
                 audit_index: index,
                 signed_at_ms: at_ms,
             };
+            let stamp = self.signer.sign(messages::TAG_SHARE_STAMP, &stamp);
             let payload = Delivery {
                 envelope: envelope.redact(|name| shown.iter().any(|f| f == name)),
-                stamp: self.signer.sign(messages::TAG_SHARE_STAMP, &stamp),
+                stamp: stamp.clone(),
             }
             .to_json();
             self.commit.deliveries.push(DeliveryRow {
                 share_id: share_id.clone(),
                 recipient: recipient.to_string(),
-                alert_id: alert_id.into(),
-                publisher: publisher.into(),
-                alert_type: alert_type.into(),
-                topic: topic.clone(),
                 audit_idx: index,
-                payload: payload.clone(),
+                stamp,
                 created_at_ms: at_ms,
             });
             share_receipts.push(ShareReceipt {
@@ -362,8 +360,8 @@ impl Log {
             received_at_ms: at_ms,
             signed_at_ms: at_ms,
         };
-        accepted.receipt =
-            serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt)).unwrap();
+        let receipt = self.signer.sign(messages::TAG_RECEIPT, &receipt);
+        accepted.receipt = serde_json::to_vec(&receipt).unwrap();
         self.commit.alerts.push(AlertRow {
             publisher: publisher.into(),
             alert_id: alert_id.into(),
@@ -374,8 +372,8 @@ impl Log {
             received_at_ms: at_ms,
             policy_version: VERSION.into(),
             signed_envelope: accepted.signed_envelope.clone(),
-            content: accepted.content.clone(),
-            receipt: accepted.receipt.clone(),
+            disclosures: envelope.disclosures.clone(),
+            receipt,
         });
         accepted
     }
@@ -1131,4 +1129,303 @@ async fn known_alerts_find_resends(backend: Backend) {
         assert_eq!(k.receipt, a.receipt);
     }
     assert!(store.known_alerts(&[]).await.unwrap().is_empty());
+}
+
+/// The database written by the broker before migration 4 (alerts, shares,
+/// denials, rejections, acknowledgements, retention purges, checkpoints):
+/// `tests/fixtures/v3.*`, made with the generator of `tests/fill.rs` and
+/// the development keys in `certs-dev`.
+async fn fixture_of_migration_3(backend: Backend) -> TestDb {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => {
+            std::fs::copy(fixtures.join("v3.sqlite"), db.sqlite_path()).unwrap();
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let dump = std::fs::read_to_string(fixtures.join("v3.postgres.sql")).unwrap();
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+    db
+}
+
+/// What the old layout holds, read with plain SQL before the migration.
+struct OldLayout {
+    /// publisher, alert id, alert type, signed envelope, content, receipt
+    alerts: Vec<(String, String, String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>,
+    /// audit index, recipient, created, payload, acked
+    deliveries: Vec<(i64, String, i64, Option<Vec<u8>>, Option<i64>)>,
+    tree: Vec<(u64, [u8; 32])>,
+    subjects: BTreeSet<(String, u64)>,
+}
+
+async fn read_old_layout(url: &str) -> OldLayout {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let alerts = sqlx::query(
+        "SELECT publisher, alert_id, alert_type, signed_envelope, content, receipt FROM alerts",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("publisher"),
+            r.get("alert_id"),
+            r.get("alert_type"),
+            r.get("signed_envelope"),
+            r.get("content"),
+            r.get("receipt"),
+        )
+    })
+    .collect();
+    let deliveries = sqlx::query(
+        "SELECT audit_idx, recipient, created_at_ms, payload, acked_at_ms FROM deliveries ORDER BY created_at_ms, audit_idx",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("audit_idx"),
+            r.get("recipient"),
+            r.get("created_at_ms"),
+            r.get("payload"),
+            r.get("acked_at_ms"),
+        )
+    })
+    .collect();
+    let tree = sqlx::query("SELECT idx, hash FROM tree_hashes ORDER BY idx")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let idx: i64 = r.get("idx");
+            let hash: Vec<u8> = r.get("hash");
+            (idx as u64, hash.try_into().unwrap())
+        })
+        .collect();
+    let subjects = sqlx::query("SELECT subject_hash, idx FROM audit_subjects")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("subject_hash"), r.get::<i64, _>("idx") as u64))
+        .collect();
+    conn.close().await.unwrap();
+    OldLayout {
+        alerts,
+        deliveries,
+        tree,
+        subjects,
+    }
+}
+
+async fn a_store_of_migration_3_is_converted(backend: Backend) {
+    use samverkan_broker::audit::verify::verify_log;
+    use samverkan_sdk::keys::KeyRegistry;
+    let db = fixture_of_migration_3(backend).await;
+    let old = read_old_layout(&db.url).await;
+    assert!(old.alerts.iter().any(|a| a.4.is_none()), "no purged alert");
+    assert!(
+        old.deliveries.iter().any(|d| d.4.is_some()),
+        "no acknowledged share"
+    );
+    assert!(
+        old.deliveries.iter().any(|d| d.3.is_none()),
+        "no purged share"
+    );
+
+    let store = Store::open(&db.url).await.unwrap();
+    // Opening again finds nothing left to convert.
+    Store::open(&db.url).await.unwrap().close().await;
+
+    // `audit verify` accepts it, with the same counts the old layout gave.
+    let keys = KeyRegistry::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs-dev/broker-keys.toml"),
+    )
+    .unwrap();
+    let report = verify_log(&store, &keys, &[], |_, _| {}).await.unwrap();
+    let (entries, _) = store.audit_extent().await.unwrap();
+    assert_eq!(report.entries, entries);
+    assert_eq!(report.alerts, old.alerts.len() as u64);
+    assert_eq!(report.deliveries, old.deliveries.len() as u64);
+    let purged = old.alerts.iter().filter(|a| a.4.is_none()).count()
+        + old.deliveries.iter().filter(|d| d.3.is_none()).count();
+    assert_eq!(report.purged, purged as u64);
+
+    // The tree, hash for hash; roots, inclusion and consistency proofs
+    // against every signed checkpoint.
+    assert_eq!(
+        store.tree_hash_range(0, u64::MAX / 4).await.unwrap(),
+        old.tree
+    );
+    let checkpoints = store.checkpoints().await.unwrap();
+    assert!(checkpoints.len() > 3);
+    let log = store.audit_range(0, entries).await.unwrap();
+    let mut previous: Option<&StoredCheckpoint> = None;
+    for cp in &checkpoints {
+        assert_eq!(stored_root(&store, cp.size).await.unwrap(), cp.root);
+        for index in [0, cp.size / 2, cp.size.saturating_sub(1)] {
+            if index >= cp.size {
+                continue;
+            }
+            let proof = inclusion_proof(&store, cp.size, index).await.unwrap();
+            verify_inclusion(
+                index,
+                cp.size,
+                &log[index as usize].leaf_hash(),
+                &proof,
+                &cp.root,
+            )
+            .unwrap();
+        }
+        if let Some(p) = previous.filter(|p| p.size > 0) {
+            let proof = consistency_proof(&store, cp.size, p.size).await.unwrap();
+            verify_consistency(p.size, &p.root, cp.size, &cp.root, &proof).unwrap();
+        }
+        previous = Some(cp);
+    }
+
+    // Subject lookups.
+    let subjects: BTreeSet<(String, u64)> = store
+        .subjects_of_entries(0, entries)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(subjects, old.subjects);
+    for (hash, _) in old.subjects.iter().take(5) {
+        let want: Vec<u64> = old
+            .subjects
+            .iter()
+            .filter(|(h, _)| h == hash)
+            .map(|(_, i)| *i)
+            .collect();
+        let got: Vec<u64> = store
+            .audit_query(&AuditFilter {
+                subject_hash: Some(hash.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    // Every alert: its evidence, its content unless purged, the receipt a
+    // resend gets, byte for byte.
+    for (publisher, alert_id, _, signed_envelope, content, receipt) in &old.alerts {
+        assert_eq!(
+            store
+                .signed_envelope(publisher, alert_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(signed_envelope)
+        );
+        assert_eq!(
+            &store.alert_content(publisher, alert_id).await.unwrap(),
+            content
+        );
+        let known = store
+            .known_alerts(&[(publisher.clone(), alert_id.clone())])
+            .await
+            .unwrap();
+        assert_eq!(
+            &known[&(publisher.clone(), alert_id.clone())].receipt,
+            receipt
+        );
+    }
+
+    // Replay: each recipient's unacknowledged, unpurged shares, in order,
+    // exactly as first sent; acknowledged ones stay acknowledged.
+    let recipients: BTreeSet<String> = old.deliveries.iter().map(|d| d.1.clone()).collect();
+    for recipient in &recipients {
+        let want: Vec<Vec<u8>> = old
+            .deliveries
+            .iter()
+            .filter(|d| &d.1 == recipient && d.4.is_none())
+            .filter_map(|d| d.3.clone())
+            .collect();
+        let got: Vec<Vec<u8>> = store
+            .replay_page(recipient, QueuePosition::START, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.payload)
+            .collect();
+        assert_eq!(got, want, "replay of {recipient}");
+        assert_eq!(
+            store
+                .replay_remaining(recipient, QueuePosition::START)
+                .await
+                .unwrap(),
+            want.len() as u64
+        );
+    }
+
+    // Retention: the same content is left to purge, and purging it leaves none.
+    let mut types: Vec<String> = old
+        .alerts
+        .iter()
+        .filter(|a| a.4.is_some())
+        .map(|a| a.2.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut stored_types = store.alert_types_with_content().await.unwrap();
+    stored_types.sort();
+    assert_eq!(stored_types, types);
+    let end = i64::MAX / 2;
+    let mut purges = Vec::new();
+    for t in types.drain(..) {
+        let alerts = old
+            .alerts
+            .iter()
+            .filter(|a| a.2 == t && a.4.is_some())
+            .count();
+        let (a, _) = store.purgeable(&t, end).await.unwrap();
+        assert_eq!(a, alerts as u64, "{t}");
+        purges.push(Purge {
+            alert_type: t,
+            cutoff_ms: end,
+        });
+    }
+    store
+        .commit(&Commit {
+            purges,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.alert_types_with_content().await.unwrap().is_empty());
+    for recipient in &recipients {
+        assert_eq!(
+            store
+                .replay_remaining(recipient, QueuePosition::START)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+    for (publisher, alert_id, ..) in &old.alerts {
+        assert_eq!(
+            store.alert_content(publisher, alert_id).await.unwrap(),
+            None
+        );
+    }
 }

@@ -74,8 +74,11 @@ impl Query {
                     store.signed_envelope(p, alert_id).await?;
                     store.alert_content(p, alert_id).await?;
                 }
-                let shares: Vec<String> =
-                    entries.iter().filter_map(|e| e.share_id.clone()).collect();
+                let shares: Vec<u64> = entries
+                    .iter()
+                    .filter(|e| e.share_id.is_some())
+                    .map(|e| e.index)
+                    .collect();
                 store.console_deliveries(&shares).await?;
                 let mut versions: Vec<&String> = entries
                     .iter()

@@ -63,7 +63,10 @@ impl Server {
                 .ok()?;
             let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name);
             let pages = pragma("PRAGMA page_count").fetch_one(&mut db).await.ok()?;
-            let free = pragma("PRAGMA freelist_count").fetch_one(&mut db).await.ok()?;
+            let free = pragma("PRAGMA freelist_count")
+                .fetch_one(&mut db)
+                .await
+                .ok()?;
             let size = pragma("PRAGMA page_size").fetch_one(&mut db).await.ok()?;
             return u64::try_from((pages - free) * size).ok();
         }

@@ -345,7 +345,13 @@ async fn a_rolled_back_log_is_refused_by_every_witness() {
     let first_removed_hash = tlog_tiles::tlog::stored_hash_index(0, keep);
     let sql = [
         format!("DELETE FROM audit_entries WHERE idx >= {keep}"),
-        format!("DELETE FROM tree_hashes WHERE idx >= {first_removed_hash}"),
+        // The tree is stored as runs of hashes: whole rows after the cut,
+        // and the row across it shortened.
+        format!("DELETE FROM tree_hashes WHERE first_idx >= {first_removed_hash}"),
+        format!(
+            "UPDATE tree_hashes SET hashes = substr(hashes, 1, CAST(32 * ({first_removed_hash} - first_idx) AS INTEGER)) \
+             WHERE first_idx < {first_removed_hash} AND first_idx + length(hashes) / 32 > {first_removed_hash}"
+        ),
         format!("DELETE FROM checkpoints WHERE size > {keep}"),
         format!("DELETE FROM cosignatures WHERE size > {keep}"),
         format!("DELETE FROM deliveries WHERE audit_idx >= {keep}"),

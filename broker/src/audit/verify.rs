@@ -24,7 +24,7 @@
 //! together with the checkpoints covering them (a rollback) — only
 //! checkpoints kept outside it (`witnessed`) show that.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use base64::Engine as _;
 use samverkan_sdk::audit::checkpoint::{SignedCheckpoint, check_exact_note, verify_checkpoint};
@@ -32,8 +32,8 @@ use samverkan_sdk::audit::evidence::policy_version;
 use samverkan_sdk::envelope::Digest;
 use samverkan_sdk::keys::KeyRegistry;
 use samverkan_sdk::messages::{
-    BROKER_KEY_OWNER, Delivery, Receipt, ReceiptStatus, ShareStamp, Signed, TAG_RECEIPT,
-    TAG_SHARE_STAMP, envelope_hash,
+    BROKER_KEY_OWNER, Delivery, MessageError, Receipt, ReceiptStatus, ShareStamp, Signed,
+    TAG_RECEIPT, TAG_SHARE_STAMP, envelope_hash,
 };
 use samverkan_sdk::{Envelope, time::parse_rfc3339_ms};
 use thiserror::Error;
@@ -419,6 +419,30 @@ async fn check_checkpoints(
 struct ChunkAlerts {
     rows: HashMap<(String, String), StoredAlert>,
     receipts: HashMap<(String, String), Receipt>,
+    /// Share entries of the chunk whose stamp, rebuilt from the entry, does
+    /// not carry the broker's signature: the entry was changed.
+    bad_stamps: BTreeSet<u64>,
+    /// The indexes of the chunk's entries, and the chunk's range.
+    present: BTreeSet<u64>,
+    range: (u64, u64),
+}
+
+impl ChunkAlerts {
+    /// The first entry of `[first, end)` within the chunk that is missing:
+    /// a receipt rebuilt without it cannot verify, and the gap is the cause.
+    fn missing(&self, first: u64, end: u64) -> Option<VerifyFailure> {
+        let (from, to) = self.range;
+        let index = (first.max(from)..end.min(to)).find(|i| !self.present.contains(i))?;
+        let after = self.present.range(index..).next().copied().unwrap_or(to);
+        Some(VerifyFailure::Missing {
+            index,
+            before: index
+                .checked_sub(1)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "the start".into()),
+            after,
+        })
+    }
 }
 
 /// Verifies the log in `store`; `progress(done, total)` is called after each chunk.
@@ -481,6 +505,9 @@ pub async fn verify_log(
         let mut alerts = ChunkAlerts {
             rows: HashMap::new(),
             receipts: HashMap::new(),
+            bad_stamps: BTreeSet::new(),
+            present: rows.iter().map(|(e, _)| e.index).collect(),
+            range: (from, to),
         };
         for a in store.alerts_of_entries(from, to).await? {
             alerts
@@ -489,6 +516,15 @@ pub async fn verify_log(
         }
         let mut deliveries: HashMap<u64, Vec<StoredDelivery>> = HashMap::new();
         for d in store.deliveries_of_entries(from, to).await? {
+            let broker_signed = d.stamp.as_deref().is_none_or(|bytes| {
+                Signed::from_json(bytes).is_ok_and(|s| {
+                    s.verify::<ShareStamp>(TAG_SHARE_STAMP, broker_keys, BROKER_KEY_OWNER)
+                        .is_ok()
+                })
+            });
+            if !broker_signed {
+                alerts.bad_stamps.insert(d.audit_idx);
+            }
             deliveries.entry(d.audit_idx).or_default().push(d);
         }
         let mut subjects: HashMap<u64, Vec<String>> = HashMap::new();
@@ -656,7 +692,25 @@ fn check_related(
         });
     };
     if !alerts.receipts.contains_key(&key) {
-        let receipt = check_alert(entry, alert, broker_keys, purges, report)?;
+        // The receipt is rebuilt from the alert's entries: if the broker's
+        // signature does not cover it, one of them was changed, the first
+        // share whose stamp does not verify either, or else this one.
+        let changed = alerts
+            .bad_stamps
+            .range(alert.first_idx..alert.first_idx + alert.entries)
+            .next()
+            .copied()
+            .unwrap_or(index);
+        let receipt = check_alert(entry, alert, changed, broker_keys, purges, report).map_err(
+            |e| match e {
+                VerifyFailure::EntryDiffers {
+                    record: "receipt", ..
+                } => alerts
+                    .missing(alert.first_idx, alert.first_idx + alert.entries)
+                    .unwrap_or(e),
+                e => e,
+            },
+        )?;
         alerts.receipts.insert(key.clone(), receipt);
     }
     let Some(receipt) = alerts.receipts.get(&key) else {
@@ -721,6 +775,7 @@ fn check_related(
 fn check_alert(
     entry: &AuditEntry,
     alert: &StoredAlert,
+    changed: u64,
     broker_keys: &KeyRegistry,
     purges: &PurgeIndex,
     report: &mut VerifyReport,
@@ -748,7 +803,14 @@ fn check_alert(
         .and_then(|signed| {
             signed
                 .verify(TAG_RECEIPT, broker_keys, BROKER_KEY_OWNER)
-                .map_err(|e| fail("receipt", format!("not signed by the broker: {e}")))
+                .map_err(|e| match e {
+                    MessageError::BadBrokerSignature => VerifyFailure::EntryDiffers {
+                        index: changed,
+                        record: "receipt",
+                        field: "the receipt rebuilt from the alert's entries does not carry the broker's signature".into(),
+                    },
+                    e => fail("receipt", format!("not signed by the broker: {e}")),
+                })
         })?;
     if receipt.status != ReceiptStatus::Accepted
         || receipt.alert_id.as_deref() != Some(alert.alert_id.as_str())
@@ -848,6 +910,15 @@ fn check_delivery(
     {
         return Err(fail("its columns differ from the share entry".into()));
     }
+    // The stamp is rebuilt from the entry and the stored signature; a
+    // delivery purged before the store kept stamps apart has none.
+    if let Some(stamp) = &d.stamp {
+        let stamp: ShareStamp = Signed::from_json(stamp)
+            .map_err(|e| fail(e.to_string()))?
+            .verify(TAG_SHARE_STAMP, broker_keys, BROKER_KEY_OWNER)
+            .map_err(|e| fail(format!("its share stamp is not the broker's: {e}")))?;
+        check_stamp(&stamp, entry).map_err(fail)?;
+    }
     let Some(payload) = &d.payload else {
         if purges.covers(&d.alert_type, index, d.created_at_ms) {
             report.purged += 1;
@@ -862,24 +933,7 @@ fn check_delivery(
         .stamp
         .verify(TAG_SHARE_STAMP, broker_keys, BROKER_KEY_OWNER)
         .map_err(|e| fail(format!("its share stamp is not the broker's: {e}")))?;
-    let same = Some(&stamp.share_id) == entry.share_id.as_ref()
-        && Some(&stamp.alert_id) == entry.alert_id.as_ref()
-        && Some(&stamp.publisher) == entry.publisher.as_ref()
-        && Some(&stamp.recipient) == entry.recipient.as_ref()
-        && Some(&stamp.topic) == entry.topic.as_ref()
-        && Some(&stamp.alert_type) == entry.alert_type.as_ref()
-        && Some(&stamp.rule_id) == entry.rule_id.as_ref()
-        && Some(&stamp.legal_basis) == entry.legal_basis.as_ref()
-        && Some(&stamp.purpose) == entry.purpose.as_ref()
-        && stamp.fields == entry.fields
-        && Some(&stamp.envelope_hash) == entry.envelope_hash.as_ref()
-        && Some(&stamp.policy_version) == entry.policy_version.as_ref()
-        && stamp.audit_index == index;
-    if !same {
-        return Err(fail(
-            "its share stamp states another share than the entry".into(),
-        ));
-    }
+    check_stamp(&stamp, entry).map_err(fail)?;
     check_envelope(
         &delivery.envelope,
         entry,
@@ -902,6 +956,28 @@ fn check_delivery(
         return Err(fail(
             "its field values are not the ones the entry records as disclosed".into(),
         ));
+    }
+    Ok(())
+}
+
+/// A share stamp states what its share entry records.
+fn check_stamp(stamp: &ShareStamp, entry: &AuditEntry) -> Result<(), String> {
+    let index = entry.index;
+    let same = Some(&stamp.share_id) == entry.share_id.as_ref()
+        && Some(&stamp.alert_id) == entry.alert_id.as_ref()
+        && Some(&stamp.publisher) == entry.publisher.as_ref()
+        && Some(&stamp.recipient) == entry.recipient.as_ref()
+        && Some(&stamp.topic) == entry.topic.as_ref()
+        && Some(&stamp.alert_type) == entry.alert_type.as_ref()
+        && Some(&stamp.rule_id) == entry.rule_id.as_ref()
+        && Some(&stamp.legal_basis) == entry.legal_basis.as_ref()
+        && Some(&stamp.purpose) == entry.purpose.as_ref()
+        && stamp.fields == entry.fields
+        && Some(&stamp.envelope_hash) == entry.envelope_hash.as_ref()
+        && Some(&stamp.policy_version) == entry.policy_version.as_ref()
+        && stamp.audit_index == index;
+    if !same {
+        return Err("its share stamp states another share than the entry".into());
     }
     Ok(())
 }

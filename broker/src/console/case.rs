@@ -72,12 +72,13 @@ pub async fn page_handler(ctx: Ctx, alert_id: String) -> Result<Response, Consol
         }),
         None => None,
     };
-    let share_ids: Vec<String> = decisions
+    let share_entries: Vec<u64> = decisions
         .iter()
-        .filter_map(|e| e.share_id.clone())
+        .filter(|e| e.share_id.is_some())
+        .map(|e| e.index)
         .collect();
     let deliveries: BTreeMap<String, (i64, Option<i64>)> = store
-        .console_deliveries(&share_ids)
+        .console_deliveries(&share_entries)
         .await?
         .into_iter()
         .map(|(id, created, acked)| (id, (created, acked)))

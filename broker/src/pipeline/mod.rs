@@ -310,7 +310,7 @@ impl Pipeline {
                     (a.publisher.clone(), a.alert_id.clone()),
                     KnownAlert {
                         envelope_hash: a.envelope_hash.clone(),
-                        receipt: a.receipt.clone(),
+                        receipt: serde_json::to_vec(&a.receipt).unwrap_or_default(),
                     },
                 )
             })

@@ -166,22 +166,19 @@ impl Recorder {
                 audit_index: index,
                 signed_at_ms: now,
             };
+            let stamp = self.signer.sign(messages::TAG_SHARE_STAMP, &stamp);
             let delivery = Delivery {
                 envelope: a
                     .alert
                     .redacted(|name| share.fields.iter().any(|f| f == name)),
-                stamp: self.signer.sign(messages::TAG_SHARE_STAMP, &stamp),
+                stamp: stamp.clone(),
             }
             .to_json();
             draft.commit.deliveries.push(DeliveryRow {
                 share_id: share_id.clone(),
                 recipient: share.recipient.clone(),
-                alert_id: h.alert_id.clone(),
-                publisher: a.tenant.clone(),
-                alert_type: h.alert_type.clone(),
-                topic: h.topic.clone(),
                 audit_idx: index,
-                payload: delivery.clone(),
+                stamp,
                 created_at_ms: now,
             });
             publish.push((topics::inbox(&share.recipient, &h.topic), delivery));
@@ -227,8 +224,8 @@ impl Recorder {
             received_at_ms: now,
             signed_at_ms: now,
         };
-        let receipt = serde_json::to_vec(&self.signer.sign(messages::TAG_RECEIPT, &receipt))
-            .unwrap_or_default();
+        let signed_receipt = self.signer.sign(messages::TAG_RECEIPT, &receipt);
+        let receipt = serde_json::to_vec(&signed_receipt).unwrap_or_default();
         let envelope = a.alert.envelope();
         draft.commit.alerts.push(AlertRow {
             publisher: a.tenant.clone(),
@@ -240,8 +237,8 @@ impl Recorder {
             received_at_ms: now,
             policy_version: policy.version().to_string(),
             signed_envelope: envelope.redact(|_| false).to_json(),
-            content: envelope.to_json(),
-            receipt: receipt.clone(),
+            disclosures: envelope.disclosures.clone(),
+            receipt: signed_receipt,
         });
         info!(
             alert = %h.alert_id,

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::dialect::{BindValue, to_i64};
-use super::{Store, StoreError};
+use super::{Store, StoreError, records};
 use crate::audit::{AuditEntry, EntryKind};
 use samverkan_sdk::audit::evidence::PolicyFile;
 
@@ -56,8 +56,68 @@ pub struct StoredAlert {
     pub signed_envelope: Vec<u8>,
     /// The complete envelope, unless purged.
     pub content: Option<Vec<u8>>,
-    /// The signed receipt (JSON).
+    /// The signed receipt (JSON), rebuilt from the alert's entries.
     pub receipt: Vec<u8>,
+    /// The alert's share and denial entries: `[first_idx, first_idx + entries)`.
+    pub first_idx: u64,
+    /// See `first_idx`.
+    pub entries: u64,
+}
+
+/// What an alert row stores of its receipt.
+pub(super) struct StoredReceipt {
+    pub publisher: String,
+    pub alert_id: String,
+    pub envelope_hash: String,
+    pub policy_version: String,
+    pub received_at_ms: i64,
+    pub first_idx: u64,
+    pub entries: u64,
+    key_id: String,
+    signature: Vec<u8>,
+}
+
+impl StoredReceipt {
+    /// Reads the receipt's columns of an `alerts` row.
+    pub(super) fn decode(row: &AnyRow) -> Result<Self, StoreError> {
+        let index = |col: &str| -> Result<u64, StoreError> {
+            let v: i64 = row.try_get(col)?;
+            u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("alerts.{col} is negative")))
+        };
+        Ok(Self {
+            publisher: row.try_get("publisher")?,
+            alert_id: row.try_get("alert_id")?,
+            envelope_hash: row.try_get("envelope_hash")?,
+            policy_version: row.try_get("policy_version")?,
+            received_at_ms: row.try_get("received_at_ms")?,
+            first_idx: index("first_idx")?,
+            entries: index("entries")?,
+            key_id: row.try_get("receipt_key_id")?,
+            signature: row.try_get("receipt_signature")?,
+        })
+    }
+
+    /// The signed receipt, from the alert's entries (others are ignored).
+    pub(super) fn rebuild(&self, entries: &[AuditEntry]) -> Vec<u8> {
+        let end = self.first_idx + self.entries;
+        let mine: Vec<AuditEntry> = entries
+            .iter()
+            .filter(|e| e.index >= self.first_idx && e.index < end)
+            .cloned()
+            .collect();
+        records::receipt(
+            records::ReceiptFacts {
+                publisher: &self.publisher,
+                alert_id: &self.alert_id,
+                envelope_hash: &self.envelope_hash,
+                policy_version: &self.policy_version,
+                received_at_ms: self.received_at_ms,
+                key_id: self.key_id.clone(),
+                signature: self.signature.clone(),
+            },
+            &mine,
+        )
+    }
 }
 
 /// Column lists, in bind order.
@@ -214,12 +274,19 @@ impl Store {
         publisher: &str,
         alert_id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = sqlx::query("SELECT content FROM alerts WHERE publisher = $1 AND alert_id = $2")
-            .bind(publisher.to_string())
-            .bind(alert_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.and_then(|r| r.try_get::<Option<Vec<u8>>, _>("content").ok().flatten()))
+        let row = sqlx::query(
+            "SELECT signed_envelope, disclosures FROM alerts WHERE publisher = $1 AND alert_id = $2",
+        )
+        .bind(publisher.to_string())
+        .bind(alert_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let signed: Vec<u8> = row.try_get("signed_envelope")?;
+        let disclosures: Option<Vec<u8>> = row.try_get("disclosures")?;
+        disclosures
+            .map(|d| records::envelope(&signed, &d).map(|e| e.to_json()))
+            .transpose()
     }
 
     /// The files of an archived policy version.
@@ -248,22 +315,45 @@ impl Store {
     }
 
     /// The alerts that the share and denial entries with index in
-    /// `[from, to)` are about.
+    /// `[from, to)` are about, with their receipts rebuilt.
     pub async fn alerts_of_entries(
         &self,
         from: u64,
         to: u64,
     ) -> Result<Vec<StoredAlert>, StoreError> {
         let rows = sqlx::query(
-            "SELECT publisher, alert_id, envelope_hash, alert_type, topic, received_at_ms, policy_version, signed_envelope, content, receipt FROM alerts \
-             WHERE alert_id IN (SELECT alert_id FROM audit_entries WHERE idx >= $1 AND idx < $2 AND kind IN ('share', 'denial'))",
+            "SELECT publisher, alert_id, envelope_hash, alert_type, topic, received_at_ms, policy_version, signed_envelope, disclosures, first_idx, entries, receipt_key_id, receipt_signature FROM alerts \
+             WHERE (publisher, alert_id) IN (SELECT publisher, alert_id FROM audit_entries WHERE idx >= $1 AND idx < $2 AND kind IN ('share', 'denial'))",
         )
         .bind(to_i64(from))
         .bind(to_i64(to))
         .fetch_all(&self.pool)
         .await?;
+        let receipts = rows
+            .iter()
+            .map(StoredReceipt::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The entries of all of them at once (an alert's entries may reach
+        // beyond the range).
+        let low = receipts.iter().map(|r| r.first_idx).min().unwrap_or(0);
+        let high = receipts
+            .iter()
+            .map(|r| r.first_idx + r.entries)
+            .max()
+            .unwrap_or(0);
+        let entries = if receipts.is_empty() {
+            Vec::new()
+        } else {
+            self.audit_range(low, high).await?
+        };
         rows.iter()
-            .map(|r| {
+            .zip(receipts)
+            .map(|(r, receipt)| {
+                let signed_envelope: Vec<u8> = r.try_get("signed_envelope")?;
+                let content = r
+                    .try_get::<Option<Vec<u8>>, _>("disclosures")?
+                    .map(|d| records::envelope(&signed_envelope, &d).map(|e| e.to_json()))
+                    .transpose()?;
                 Ok(StoredAlert {
                     publisher: r.try_get("publisher")?,
                     alert_id: r.try_get("alert_id")?,
@@ -272,9 +362,11 @@ impl Store {
                     topic: r.try_get("topic")?,
                     received_at_ms: r.try_get("received_at_ms")?,
                     policy_version: r.try_get("policy_version")?,
-                    signed_envelope: r.try_get("signed_envelope")?,
-                    content: r.try_get("content")?,
-                    receipt: r.try_get("receipt")?,
+                    signed_envelope,
+                    content,
+                    receipt: receipt.rebuild(&entries),
+                    first_idx: receipt.first_idx,
+                    entries: receipt.entries,
                 })
             })
             .collect()

@@ -406,18 +406,19 @@ impl Store {
         rows.iter().map(decode_audit).collect()
     }
 
-    /// When each of the given shares was stored for delivery and when it
-    /// was acknowledged: `(share_id, created_at_ms, acked_at_ms)`.
+    /// When each of the given shares (by the index of its entry) was
+    /// stored for delivery and when it was acknowledged:
+    /// `(share_id, created_at_ms, acked_at_ms)`.
     pub async fn console_deliveries(
         &self,
-        share_ids: &[String],
+        share_entries: &[u64],
     ) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
         let mut out = Vec::new();
-        for id in share_ids.iter().take(1000) {
+        for idx in share_entries.iter().take(1000) {
             let row = sqlx::query(
-                "SELECT share_id, created_at_ms, acked_at_ms FROM deliveries WHERE share_id = $1",
+                "SELECT share_id, created_at_ms, acked_at_ms FROM deliveries WHERE audit_idx = $1",
             )
-            .bind(id.clone())
+            .bind(to_i64(*idx))
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = row {

@@ -1,13 +1,76 @@
 //! The delivery queue: shares waiting for their recipient, acknowledgements,
 //! and the pages a replay sends again.
 
+use samverkan_sdk::messages::Signed;
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::audit::{AUDIT_COLUMNS, decode_audit};
 use super::dialect::{placeholders, to_i64};
-use super::{Store, StoreError};
+use super::{Store, StoreError, records};
+use crate::audit::AuditEntry;
 
 /// Column list of `deliveries`, in bind order.
-pub(super) const DELIVERY_COLUMNS: &str = "share_id, recipient, alert_id, publisher, alert_type, topic, audit_idx, payload, created_at_ms";
+pub(super) const DELIVERY_COLUMNS: &str =
+    "audit_idx, recipient, share_id, created_at_ms, stamp_key_id, stamp_signature";
+
+/// A delivery joined with what rebuilds its message: the share's entry and
+/// the alert's signed envelope and field values.
+const JOINED: &str = "FROM deliveries d JOIN audit_entries e ON e.idx = d.audit_idx \
+     LEFT JOIN alerts a ON a.publisher = e.publisher AND a.alert_id = e.alert_id";
+
+/// The columns of [`JOINED`] that [`decode_joined`] reads.
+fn joined_columns() -> String {
+    let entry: Vec<String> = AUDIT_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect();
+    format!(
+        "d.audit_idx, d.recipient AS d_recipient, d.share_id AS d_share_id, d.created_at_ms, \
+         d.stamp_key_id, d.stamp_signature, a.signed_envelope, a.disclosures, {}",
+        entry.join(", ")
+    )
+}
+
+/// A delivery as stored, with its stamp and message rebuilt.
+struct Joined {
+    entry: AuditEntry,
+    audit_idx: i64,
+    recipient: String,
+    share_id: String,
+    created_at_ms: i64,
+    stamp: Option<Signed>,
+    payload: Option<Vec<u8>>,
+}
+
+fn decode_joined(row: &AnyRow) -> Result<Joined, StoreError> {
+    let entry = decode_audit(row)?;
+    let key_id: Option<String> = row.try_get("stamp_key_id")?;
+    let signature: Option<Vec<u8>> = row.try_get("stamp_signature")?;
+    let stamp = match (key_id, signature) {
+        (Some(k), Some(s)) => Some(records::stamp(&entry, k, s)),
+        _ => None,
+    };
+    let signed_envelope: Option<Vec<u8>> = row.try_get("signed_envelope")?;
+    let disclosures: Option<Vec<u8>> = row.try_get("disclosures")?;
+    let payload = match (&stamp, signed_envelope, disclosures) {
+        (Some(stamp), Some(signed), Some(disclosures)) => Some(records::delivery(
+            &records::envelope(&signed, &disclosures)?,
+            &entry,
+            stamp.clone(),
+        )),
+        _ => None,
+    };
+    Ok(Joined {
+        audit_idx: row.try_get("audit_idx")?,
+        recipient: row.try_get("d_recipient")?,
+        share_id: row.try_get("d_share_id")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        entry,
+        stamp,
+        payload,
+    })
+}
 
 /// A delivery row as `audit verify` reads it back.
 #[derive(Debug, Clone)]
@@ -28,6 +91,10 @@ pub struct StoredDelivery {
     pub audit_idx: u64,
     /// The signed delivery message, unless purged.
     pub payload: Option<Vec<u8>>,
+    /// The broker-signed share stamp (JSON), rebuilt from the share's entry
+    /// and the stored signature; `None` for a delivery purged before the
+    /// store kept stamps apart.
+    pub stamp: Option<Vec<u8>>,
     /// When it was recorded.
     pub created_at_ms: i64,
 }
@@ -94,7 +161,9 @@ impl Store {
                 .split_once(", ")
                 .unwrap_or(("?", ""));
             let sql = format!(
-                "SELECT share_id, alert_id, publisher, topic FROM deliveries WHERE recipient = {first} AND acked_at_ms IS NULL AND share_id IN ({rest})"
+                "SELECT d.share_id AS d_share_id, e.alert_id, e.publisher, e.topic \
+                 FROM deliveries d JOIN audit_entries e ON e.idx = d.audit_idx \
+                 WHERE d.recipient = {first} AND d.acked_at_ms IS NULL AND d.share_id IN ({rest})"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(recipient.to_string());
             for id in chunk {
@@ -102,10 +171,16 @@ impl Store {
             }
             for row in q.fetch_all(&self.pool).await? {
                 out.push(PendingDelivery {
-                    share_id: row.try_get("share_id")?,
-                    alert_id: row.try_get("alert_id")?,
-                    publisher: row.try_get("publisher")?,
-                    topic: row.try_get("topic")?,
+                    share_id: row.try_get("d_share_id")?,
+                    alert_id: row
+                        .try_get::<Option<String>, _>("alert_id")?
+                        .unwrap_or_default(),
+                    publisher: row
+                        .try_get::<Option<String>, _>("publisher")?
+                        .unwrap_or_default(),
+                    topic: row
+                        .try_get::<Option<String>, _>("topic")?
+                        .unwrap_or_default(),
                     payload: None,
                 });
             }
@@ -120,53 +195,69 @@ impl Store {
         recipient: &str,
         limit: u32,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT share_id, alert_id, publisher, topic, payload FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL ORDER BY created_at_ms, audit_idx LIMIT $2",
-        )
-        .bind(recipient.to_string())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT {} {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             ORDER BY d.created_at_ms, d.audit_idx LIMIT $2",
+            joined_columns()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(recipient.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
+                let d = decode_joined(row)?;
                 Ok(PendingDelivery {
-                    share_id: row.try_get("share_id")?,
-                    alert_id: row.try_get("alert_id")?,
-                    publisher: row.try_get("publisher")?,
-                    topic: row.try_get("topic")?,
-                    payload: row.try_get("payload")?,
+                    share_id: d.share_id,
+                    alert_id: d.entry.alert_id.unwrap_or_default(),
+                    publisher: d.entry.publisher.unwrap_or_default(),
+                    topic: d.entry.topic.unwrap_or_default(),
+                    payload: d.payload,
                 })
             })
             .collect()
     }
 
     /// The oldest `limit` unacknowledged, unpurged deliveries of
-    /// `recipient` after `after`, in replay order.
+    /// `recipient` after `after`, in replay order, each message rebuilt
+    /// exactly as first sent.
     pub async fn replay_page(
         &self,
         recipient: &str,
         after: QueuePosition,
         limit: u32,
     ) -> Result<Vec<ReplayDelivery>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT share_id, topic, payload, created_at_ms, audit_idx FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL AND (created_at_ms > $2 OR (created_at_ms = $3 AND audit_idx > $4)) ORDER BY created_at_ms, audit_idx LIMIT $5",
-        )
-        .bind(recipient.to_string())
-        .bind(after.created_at_ms)
-        .bind(after.created_at_ms)
-        .bind(after.audit_idx)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT {} {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             AND (d.created_at_ms > $2 OR (d.created_at_ms = $3 AND d.audit_idx > $4)) \
+             ORDER BY d.created_at_ms, d.audit_idx LIMIT $5",
+            joined_columns()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(recipient.to_string())
+            .bind(after.created_at_ms)
+            .bind(after.created_at_ms)
+            .bind(after.audit_idx)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
+                let d = decode_joined(row)?;
+                let payload = d.payload.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "the delivery of entry {} has no stamp to send",
+                        d.audit_idx
+                    ))
+                })?;
                 Ok(ReplayDelivery {
-                    share_id: row.try_get("share_id")?,
-                    topic: row.try_get("topic")?,
-                    payload: row.try_get("payload")?,
+                    share_id: d.share_id,
+                    topic: d.entry.topic.unwrap_or_default(),
+                    payload,
                     position: QueuePosition {
-                        created_at_ms: row.try_get("created_at_ms")?,
-                        audit_idx: row.try_get("audit_idx")?,
+                        created_at_ms: d.created_at_ms,
+                        audit_idx: d.audit_idx,
                     },
                 })
             })
@@ -179,15 +270,17 @@ impl Store {
         recipient: &str,
         after: QueuePosition,
     ) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM deliveries WHERE recipient = $1 AND acked_at_ms IS NULL AND payload IS NOT NULL AND (created_at_ms > $2 OR (created_at_ms = $3 AND audit_idx > $4))",
-        )
-        .bind(recipient.to_string())
-        .bind(after.created_at_ms)
-        .bind(after.created_at_ms)
-        .bind(after.audit_idx)
-        .fetch_one(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT COUNT(*) AS n {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             AND (d.created_at_ms > $2 OR (d.created_at_ms = $3 AND d.audit_idx > $4))"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(recipient.to_string())
+            .bind(after.created_at_ms)
+            .bind(after.created_at_ms)
+            .bind(after.audit_idx)
+            .fetch_one(&self.pool)
+            .await?;
         let n: i64 = row.try_get("n")?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -202,14 +295,16 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The deliveries of the entries with index in `[from, to)`.
+    /// The deliveries of the entries with index in `[from, to)`, their
+    /// stamps and messages rebuilt.
     pub async fn deliveries_of_entries(
         &self,
         from: u64,
         to: u64,
     ) -> Result<Vec<StoredDelivery>, StoreError> {
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE audit_idx >= $1 AND audit_idx < $2"
+            "SELECT {} {JOINED} WHERE d.audit_idx >= $1 AND d.audit_idx < $2",
+            joined_columns()
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(to_i64(from))
@@ -218,18 +313,19 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let idx: i64 = r.try_get("audit_idx")?;
+                let d = decode_joined(r)?;
                 Ok(StoredDelivery {
-                    share_id: r.try_get("share_id")?,
-                    recipient: r.try_get("recipient")?,
-                    alert_id: r.try_get("alert_id")?,
-                    publisher: r.try_get("publisher")?,
-                    alert_type: r.try_get("alert_type")?,
-                    topic: r.try_get("topic")?,
-                    audit_idx: u64::try_from(idx)
+                    share_id: d.share_id,
+                    recipient: d.recipient,
+                    alert_id: d.entry.alert_id.clone().unwrap_or_default(),
+                    publisher: d.entry.publisher.clone().unwrap_or_default(),
+                    alert_type: d.entry.alert_type.clone().unwrap_or_default(),
+                    topic: d.entry.topic.clone().unwrap_or_default(),
+                    audit_idx: u64::try_from(d.audit_idx)
                         .map_err(|_| StoreError::Corrupt("negative audit_idx".into()))?,
-                    payload: r.try_get("payload")?,
-                    created_at_ms: r.try_get("created_at_ms")?,
+                    payload: d.payload,
+                    stamp: d.stamp.map(|s| serde_json::to_vec(&s).unwrap_or_default()),
+                    created_at_ms: d.created_at_ms,
                 })
             })
             .collect()

@@ -62,7 +62,7 @@ impl Backend {
     /// The migrations, in order; a database created by an older broker gets
     /// the ones it lacks at the next start.
     pub(super) fn migrator(self) -> Migrator {
-        let files: [(&'static str, &'static str); 3] = match self {
+        let files: [(&'static str, &'static str); 4] = match self {
             Backend::Sqlite => [
                 (
                     "init",
@@ -75,6 +75,10 @@ impl Backend {
                 (
                     "console",
                     include_str!("../../migrations/sqlite/0003_console.sql"),
+                ),
+                (
+                    "compact",
+                    include_str!("../../migrations/sqlite/0004_compact.sql"),
                 ),
             ],
             Backend::Postgres => [
@@ -89,6 +93,10 @@ impl Backend {
                 (
                     "console",
                     include_str!("../../migrations/postgres/0003_console.sql"),
+                ),
+                (
+                    "compact",
+                    include_str!("../../migrations/postgres/0004_compact.sql"),
                 ),
             ],
         };

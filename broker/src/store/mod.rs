@@ -27,8 +27,10 @@ mod checkpoints;
 pub mod console;
 mod deliveries;
 mod dialect;
+mod records;
 mod retention;
 mod tree;
+mod upgrade;
 mod write;
 
 pub use audit::{AuditFilter, StoredAlert};
@@ -89,6 +91,7 @@ impl Store {
             .connect(&url)
             .await?;
         backend.migrator().run(&pool).await?;
+        upgrade::from_v3(&pool, backend).await?;
         backend.after_migrations(&pool).await?;
         Ok(Self { pool, backend })
     }

@@ -19,20 +19,16 @@ impl Purge {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ) -> Result<(), StoreError> {
+        // The field values are the only personal data: the signed
+        // envelope, receipt, stamps and entries hold none, and a delivery
+        // is rebuilt from the alert's field values, so it goes with them.
         sqlx::query(
-                "UPDATE alerts SET content = NULL WHERE alert_type = $1 AND received_at_ms < $2 AND content IS NOT NULL",
-            )
-            .bind(self.alert_type.clone())
-            .bind(self.cutoff_ms)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-                "UPDATE deliveries SET payload = NULL WHERE alert_type = $1 AND created_at_ms < $2 AND payload IS NOT NULL",
-            )
-            .bind(self.alert_type.clone())
-            .bind(self.cutoff_ms)
-            .execute(&mut **tx)
-            .await?;
+            "UPDATE alerts SET disclosures = NULL WHERE alert_type = $1 AND received_at_ms < $2 AND disclosures IS NOT NULL",
+        )
+        .bind(self.alert_type.clone())
+        .bind(self.cutoff_ms)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
@@ -42,12 +38,10 @@ impl Store {
     /// no longer in the policy (their content is kept for the default
     /// retention period, never forever).
     pub async fn alert_types_with_content(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT alert_type FROM alerts WHERE content IS NOT NULL \
-             UNION SELECT DISTINCT alert_type FROM deliveries WHERE payload IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT DISTINCT alert_type FROM alerts WHERE disclosures IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 r.try_get::<String, _>("alert_type")
@@ -57,7 +51,8 @@ impl Store {
     }
 
     /// How much content of `alert_type` received before `cutoff_ms` is still
-    /// stored: (alerts, deliveries).
+    /// stored: (alerts, deliveries whose message can no longer be rebuilt
+    /// once they are purged).
     pub async fn purgeable(
         &self,
         alert_type: &str,
@@ -73,8 +68,14 @@ impl Store {
             Ok::<u64, StoreError>(u64::try_from(n).unwrap_or(0))
         };
         Ok((
-            count("SELECT COUNT(*) AS n FROM alerts WHERE alert_type = $1 AND received_at_ms < $2 AND content IS NOT NULL").await?,
-            count("SELECT COUNT(*) AS n FROM deliveries WHERE alert_type = $1 AND created_at_ms < $2 AND payload IS NOT NULL").await?,
+            count("SELECT COUNT(*) AS n FROM alerts WHERE alert_type = $1 AND received_at_ms < $2 AND disclosures IS NOT NULL").await?,
+            // The deliveries of those alerts: the shares among their entries.
+            count(
+                "SELECT COUNT(*) AS n FROM alerts a JOIN deliveries d \
+                 ON d.audit_idx >= a.first_idx AND d.audit_idx < a.first_idx + a.entries \
+                 WHERE a.alert_type = $1 AND a.received_at_ms < $2 AND a.disclosures IS NOT NULL",
+            )
+            .await?,
         ))
     }
 }

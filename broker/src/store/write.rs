@@ -7,9 +7,13 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::audit::AUDIT_COLUMNS;
 use super::deliveries::DELIVERY_COLUMNS;
+use samverkan_sdk::envelope::Base64Url;
+use samverkan_sdk::messages::Signed;
+
 use super::dialect::{insert_rows, json_list, placeholders, placeholders_after, to_i64};
+use super::records;
 use super::{Purge, Store, StoreError, console};
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, EntryKind};
 
 /// An accepted alert, as stored.
 #[derive(Debug, Clone)]
@@ -32,10 +36,12 @@ pub struct AlertRow {
     pub policy_version: String,
     /// The envelope without disclosures (JSON).
     pub signed_envelope: Vec<u8>,
-    /// The complete envelope (JSON).
-    pub content: Vec<u8>,
-    /// The signed receipt (JSON).
-    pub receipt: Vec<u8>,
+    /// The envelope's field values (personal data), as disclosed.
+    pub disclosures: Vec<Base64Url>,
+    /// The signed receipt. Only its key id and signature are stored: its
+    /// body is rebuilt from the alert's share and denial entries, which
+    /// must be in the same commit, with consecutive indexes.
+    pub receipt: Signed,
 }
 
 /// A share waiting for its recipient.
@@ -45,18 +51,12 @@ pub struct DeliveryRow {
     pub share_id: String,
     /// The receiving agency.
     pub recipient: String,
-    /// The alert shared.
-    pub alert_id: String,
-    /// Its publisher.
-    pub publisher: String,
-    /// Its alert type (for retention).
-    pub alert_type: String,
-    /// The logical topic.
-    pub topic: String,
     /// The share's audit entry.
     pub audit_idx: u64,
-    /// The signed delivery message (JSON).
-    pub payload: Vec<u8>,
+    /// The broker-signed share stamp. Only its key id and signature are
+    /// stored: the body is rebuilt from the share's entry, and the delivery
+    /// message from the alert's field values and the stamp.
+    pub stamp: Signed,
     /// When it was recorded.
     pub created_at_ms: i64,
 }
@@ -134,7 +134,10 @@ pub struct KnownAlert {
 }
 
 /// Column list of `alerts`, in bind order.
-const ALERT_COLUMNS: &str = "publisher, alert_id, envelope_hash, alert_type, topic, issued_at_ms, received_at_ms, policy_version, signed_envelope, content, receipt";
+const ALERT_COLUMNS: &str = "publisher, alert_id, envelope_hash, alert_type, topic, issued_at_ms, received_at_ms, policy_version, signed_envelope, disclosures, first_idx, entries, receipt_key_id, receipt_signature";
+/// Hashes per row of `tree_hashes`: a proof reads about 2·log₂(n) hashes,
+/// each from a row of at most 1 KiB.
+pub(super) const TREE_ROW: usize = 32;
 
 impl Store {
     /// The index the next audit entry gets.
@@ -146,7 +149,8 @@ impl Store {
         Ok(u64::try_from(next).unwrap_or(0))
     }
 
-    /// Alerts already accepted, by (publisher, alert id).
+    /// Alerts already accepted, by (publisher, alert id), with the
+    /// receipt that was sent (rebuilt from their entries).
     pub async fn known_alerts(
         &self,
         keys: &[(String, String)],
@@ -154,7 +158,7 @@ impl Store {
         let mut out = HashMap::new();
         for chunk in keys.chunks(500) {
             let sql = format!(
-                "SELECT publisher, alert_id, envelope_hash, receipt FROM alerts WHERE (publisher, alert_id) IN ({})",
+                "SELECT publisher, alert_id, envelope_hash, policy_version, received_at_ms, first_idx, entries, receipt_key_id, receipt_signature FROM alerts WHERE (publisher, alert_id) IN ({})",
                 placeholders(self.backend, chunk.len(), 2)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -162,12 +166,16 @@ impl Store {
                 q = q.bind(publisher.clone()).bind(alert_id.clone());
             }
             for row in q.fetch_all(&self.pool).await? {
-                let key = (row.try_get("publisher")?, row.try_get("alert_id")?);
+                let stored = super::audit::StoredReceipt::decode(&row)?;
+                let entries = self
+                    .audit_range(stored.first_idx, stored.first_idx + stored.entries)
+                    .await?;
+                let receipt = stored.rebuild(&entries);
                 out.insert(
-                    key,
+                    (stored.publisher, stored.alert_id),
                     KnownAlert {
-                        envelope_hash: row.try_get("envelope_hash")?,
-                        receipt: row.try_get("receipt")?,
+                        envelope_hash: stored.envelope_hash,
+                        receipt,
                     },
                 );
             }
@@ -191,13 +199,18 @@ impl Store {
         }
         let b = self.backend;
         let mut tx = self.pool.begin().await?;
+        let ranges = alert_entry_ranges(c)?;
         insert_rows(
             &mut tx,
             b,
             &format!("INSERT INTO alerts ({ALERT_COLUMNS})"),
-            11,
+            14,
             &c.alerts,
             |q, a| {
+                let (first, count) = ranges
+                    .get(&(a.publisher.as_str(), a.alert_id.as_str()))
+                    .copied()
+                    .unwrap_or((0, 0));
                 q.bind(a.publisher.clone())
                     .bind(a.alert_id.clone())
                     .bind(a.envelope_hash.clone())
@@ -207,8 +220,11 @@ impl Store {
                     .bind(a.received_at_ms)
                     .bind(a.policy_version.clone())
                     .bind(a.signed_envelope.clone())
-                    .bind(a.content.clone())
-                    .bind(a.receipt.clone())
+                    .bind(records::encode_disclosures(&a.disclosures))
+                    .bind(to_i64(first))
+                    .bind(to_i64(count))
+                    .bind(a.receipt.key_id.clone())
+                    .bind(a.receipt.signature.0.clone())
             },
         )
         .await?;
@@ -266,65 +282,69 @@ impl Store {
             &mut tx,
             b,
             &format!("INSERT INTO deliveries ({DELIVERY_COLUMNS})"),
-            9,
+            6,
             &c.deliveries,
             |q, d| {
-                q.bind(d.share_id.clone())
+                q.bind(to_i64(d.audit_idx))
                     .bind(d.recipient.clone())
-                    .bind(d.alert_id.clone())
-                    .bind(d.publisher.clone())
-                    .bind(d.alert_type.clone())
-                    .bind(d.topic.clone())
-                    .bind(to_i64(d.audit_idx))
-                    .bind(d.payload.clone())
+                    .bind(d.share_id.clone())
                     .bind(d.created_at_ms)
+                    .bind(d.stamp.key_id.clone())
+                    .bind(d.stamp.signature.0.clone())
             },
         )
         .await?;
-        // Acknowledgements: the signed messages once each, a row per share,
-        // and the shares marked in bulk.
-        let mut messages: Vec<(&str, &[u8])> = Vec::new();
+        // Acknowledgements: each signed message once, by the first entry
+        // it produced, and the shares marked per recipient and time.
+        let mut messages: Vec<(&str, u64, &[u8])> = Vec::new();
         for a in &c.acks {
-            if !messages.iter().any(|(h, _)| *h == a.message_hash) {
-                messages.push((&a.message_hash, &a.ack_message));
+            match messages.iter_mut().find(|(h, _, _)| *h == a.message_hash) {
+                Some((_, first, _)) => *first = (*first).min(a.ack_audit_idx),
+                None => messages.push((&a.message_hash, a.ack_audit_idx, &a.ack_message)),
             }
         }
         insert_rows(
             &mut tx,
             b,
-            "INSERT INTO ack_messages (message_hash, message)| ON CONFLICT (message_hash) DO NOTHING",
+            "INSERT INTO ack_messages (first_idx, message)",
             2,
             &messages,
-            |q, (hash, message)| q.bind(hash.to_string()).bind(message.to_vec()),
+            |q, (_, first, message)| q.bind(to_i64(*first)).bind(message.to_vec()),
         )
         .await?;
-        insert_rows(&mut tx, b, "INSERT INTO acks (share_id, recipient, acked_at_ms, ack_audit_idx, message_hash)| ON CONFLICT (share_id) DO NOTHING", 5, &c.acks, |q, a| {
-            q.bind(a.share_id.clone())
-                .bind(a.recipient.clone())
-                .bind(a.acked_at_ms)
-                .bind(to_i64(a.ack_audit_idx))
-                .bind(a.message_hash.clone())
-        })
-        .await?;
-        for chunk in c.acks.chunks(256) {
-            let sql = format!(
-                "UPDATE deliveries SET acked_at_ms = {} WHERE share_id IN {} AND acked_at_ms IS NULL",
-                placeholders(b, 1, 1).trim_matches(|c| c == '(' || c == ')'),
-                placeholders_after(b, 1, chunk.len())
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(chunk[0].acked_at_ms);
-            for a in chunk {
-                q = q.bind(a.share_id.clone());
+        let mut groups: Vec<((&str, i64), Vec<&str>)> = Vec::new();
+        for a in &c.acks {
+            let key = (a.recipient.as_str(), a.acked_at_ms);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, ids)) => ids.push(&a.share_id),
+                None => groups.push((key, vec![&a.share_id])),
             }
-            q.execute(&mut *tx).await?;
         }
+        for ((recipient, at_ms), ids) in &groups {
+            for chunk in ids.chunks(256) {
+                let sql = format!(
+                    "UPDATE deliveries SET acked_at_ms = {} WHERE recipient = {} AND acked_at_ms IS NULL AND share_id IN {}",
+                    placeholders_after(b, 0, 1).trim_matches(|c| c == '(' || c == ')'),
+                    placeholders_after(b, 1, 1).trim_matches(|c| c == '(' || c == ')'),
+                    placeholders_after(b, 2, chunk.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(*at_ms)
+                    .bind(recipient.to_string());
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        let tree_rows = tree_rows(&c.tree_hashes);
         insert_rows(
             &mut tx,
             b,
-            "INSERT INTO tree_hashes (idx, hash)",
+            "INSERT INTO tree_hashes (first_idx, hashes)",
             2,
-            &c.tree_hashes,
-            |q, (idx, hash)| q.bind(to_i64(*idx)).bind(hash.to_vec()),
+            &tree_rows,
+            |q, (first, hashes)| q.bind(to_i64(*first)).bind(hashes.clone()),
         )
         .await?;
         insert_rows(&mut tx, b, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
@@ -347,4 +367,56 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The share and denial entries of each accepted alert of a commit, as
+/// `(first index, count)`; they must be consecutive (the receipt lists them
+/// and is rebuilt from that range).
+fn alert_entry_ranges(c: &Commit) -> Result<HashMap<(&str, &str), (u64, u64)>, StoreError> {
+    let mut spans: HashMap<(&str, &str), (u64, u64, u64)> = HashMap::new();
+    for e in &c.audit {
+        if !matches!(e.kind, EntryKind::Share | EntryKind::Denial) {
+            continue;
+        }
+        let (Some(publisher), Some(alert_id)) = (&e.publisher, &e.alert_id) else {
+            continue;
+        };
+        let span = spans
+            .entry((publisher.as_str(), alert_id.as_str()))
+            .or_insert((e.index, e.index, 0));
+        span.0 = span.0.min(e.index);
+        span.1 = span.1.max(e.index);
+        span.2 += 1;
+    }
+    let mut out = HashMap::new();
+    for a in &c.alerts {
+        let key = (a.publisher.as_str(), a.alert_id.as_str());
+        if let Some((first, last, count)) = spans.get(&key).copied() {
+            if last - first + 1 != count {
+                return Err(StoreError::Corrupt(format!(
+                    "the entries of alert {} are not consecutive",
+                    a.alert_id
+                )));
+            }
+            out.insert(key, (first, count));
+        }
+    }
+    Ok(out)
+}
+
+/// New tree hashes as rows: each run of consecutive indexes (a commit adds
+/// one) cut into rows of at most [`TREE_ROW`] hashes.
+pub(super) fn tree_rows(hashes: &[(u64, [u8; 32])]) -> Vec<(u64, Vec<u8>)> {
+    let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (idx, hash) in hashes {
+        match rows.last_mut() {
+            Some((first, bytes))
+                if *first + (bytes.len() / 32) as u64 == *idx && bytes.len() < TREE_ROW * 32 =>
+            {
+                bytes.extend_from_slice(hash)
+            }
+            _ => rows.push((*idx, hash.to_vec())),
+        }
+    }
+    rows
 }

@@ -1156,12 +1156,17 @@ async fn fixture_of_migration_3(backend: Backend) -> TestDb {
     db
 }
 
+/// An alert as the old layout holds it: publisher, alert id, alert type,
+/// signed envelope, content, receipt.
+type OldAlert = (String, String, String, Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+/// A delivery as the old layout holds it: audit index, recipient, created,
+/// payload, acknowledged.
+type OldDelivery = (i64, String, i64, Option<Vec<u8>>, Option<i64>);
+
 /// What the old layout holds, read with plain SQL before the migration.
 struct OldLayout {
-    /// publisher, alert id, alert type, signed envelope, content, receipt
-    alerts: Vec<(String, String, String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>,
-    /// audit index, recipient, created, payload, acked
-    deliveries: Vec<(i64, String, i64, Option<Vec<u8>>, Option<i64>)>,
+    alerts: Vec<OldAlert>,
+    deliveries: Vec<OldDelivery>,
     tree: Vec<(u64, [u8; 32])>,
     subjects: BTreeSet<(String, u64)>,
 }

@@ -87,7 +87,7 @@ fn decode_tree_row(row: &AnyRow) -> Result<impl Iterator<Item = (u64, [u8; 32])>
     let bytes: Vec<u8> = row.try_get("hashes")?;
     let first = u64::try_from(first)
         .map_err(|_| StoreError::Corrupt(format!("tree row {first}: negative index")))?;
-    if bytes.is_empty() || bytes.len() % 32 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt(format!(
             "tree row {first}: {} bytes is not a whole number of hashes",
             bytes.len()

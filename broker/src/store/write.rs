@@ -369,10 +369,13 @@ impl Store {
     }
 }
 
+/// `(publisher, alert id)` → `(first entry index, count)`.
+type EntryRanges<'a> = HashMap<(&'a str, &'a str), (u64, u64)>;
+
 /// The share and denial entries of each accepted alert of a commit, as
 /// `(first index, count)`; they must be consecutive (the receipt lists them
 /// and is rebuilt from that range).
-fn alert_entry_ranges(c: &Commit) -> Result<HashMap<(&str, &str), (u64, u64)>, StoreError> {
+fn alert_entry_ranges(c: &Commit) -> Result<EntryRanges<'_>, StoreError> {
     let mut spans: HashMap<(&str, &str), (u64, u64, u64)> = HashMap::new();
     for e in &c.audit {
         if !matches!(e.kind, EntryKind::Share | EntryKind::Denial) {

@@ -15,7 +15,8 @@ pub(super) const DELIVERY_COLUMNS: &str =
     "audit_idx, recipient, share_id, created_at_ms, stamp_key_id, stamp_signature";
 
 /// A delivery joined with what rebuilds its message: the share's entry and
-/// the alert's signed envelope and field values.
+/// the alert's signed envelope and field values. Only a share with both its
+/// field values and its stamp can be sent again.
 const JOINED: &str = "FROM deliveries d JOIN audit_entries e ON e.idx = d.audit_idx \
      LEFT JOIN alerts a ON a.publisher = e.publisher AND a.alert_id = e.alert_id";
 
@@ -197,6 +198,7 @@ impl Store {
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let sql = format!(
             "SELECT {} {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             AND d.stamp_signature IS NOT NULL \
              ORDER BY d.created_at_ms, d.audit_idx LIMIT $2",
             joined_columns()
         );
@@ -230,6 +232,7 @@ impl Store {
     ) -> Result<Vec<ReplayDelivery>, StoreError> {
         let sql = format!(
             "SELECT {} {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             AND d.stamp_signature IS NOT NULL \
              AND (d.created_at_ms > $2 OR (d.created_at_ms = $3 AND d.audit_idx > $4)) \
              ORDER BY d.created_at_ms, d.audit_idx LIMIT $5",
             joined_columns()
@@ -272,6 +275,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let sql = format!(
             "SELECT COUNT(*) AS n {JOINED} WHERE d.recipient = $1 AND d.acked_at_ms IS NULL AND a.disclosures IS NOT NULL \
+             AND d.stamp_signature IS NOT NULL \
              AND (d.created_at_ms > $2 OR (d.created_at_ms = $3 AND d.audit_idx > $4))"
         );
         let row = sqlx::query(AssertSqlSafe(sql))

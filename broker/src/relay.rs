@@ -26,6 +26,10 @@ use crate::inspect::{self, Violation};
 /// SUBSCRIBE within the subscription limits, or its SUBACK, is far smaller.
 pub const MAX_CONTROL_PACKET: usize = 64 * 1024;
 
+/// Largest PUBLISH payload read whole and written with its header in one
+/// write; larger payloads are streamed, so no connection holds more.
+const GATHERED_PAYLOAD: u64 = 16 * 1024;
+
 /// How relaying one direction ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -93,8 +97,18 @@ where
         }
         let payload = (remaining - (head.len() - body_start)) as u64;
         let sent = async {
-            to.write_all(&head).await?;
-            if payload > 0 {
+            // A packet of ordinary size goes out in one write: header and
+            // payload written apart cost a TLS record or TCP segment, a
+            // send and a wake-up each. Larger ones are streamed.
+            if payload > 0 && payload <= GATHERED_PAYLOAD {
+                let start = head.len();
+                head.resize(start + payload as usize, 0);
+                from.read_exact(&mut head[start..]).await?;
+                to.write_all(&head).await?;
+            } else {
+                to.write_all(&head).await?;
+            }
+            if payload > GATHERED_PAYLOAD {
                 let copied = tokio::io::copy_buf(&mut (&mut *from).take(payload), to).await?;
                 if copied < payload {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());

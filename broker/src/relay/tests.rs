@@ -151,6 +151,53 @@ fn allowed_packets_pass_unchanged_until_one_is_refused() {
     assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
 }
 
+/// A writer that keeps each write apart, to see how packets went out.
+#[derive(Default)]
+struct Writes(Vec<Vec<u8>>);
+
+impl AsyncWrite for Writes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.push(buf.to_vec());
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn an_ordinary_publish_goes_out_in_one_write_and_a_large_one_whole() {
+    // Two deliveries of an alert's size: one write each (header and
+    // payload apart would be two TLS records or TCP segments each).
+    let first = publish("/tenants/a/in/x", 1, 4, &[7; 2300]);
+    let second = publish("/tenants/a/in/y", 0, 4, &[8; 2300]);
+    let input = [first.clone(), second.clone()].concat();
+    let mut writes = Writes::default();
+    let mut reader = BufReader::with_capacity(4096, &input[..]);
+    let ended = run(broker_to_client(&mut reader, &mut writes, 4, "a", 1 << 20));
+    assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    assert_eq!(writes.0, [first, second]);
+
+    // Larger than what is gathered: streamed, and still passed whole.
+    let large = publish("/tenants/a/in/x", 1, 4, &[9; 40_000]);
+    let (out, ended) = from_broker(&large, 4);
+    assert!(matches!(ended, Ended::Closed(_)), "{ended:?}");
+    assert_eq!(out, large);
+}
+
 #[test]
 fn deliveries_for_another_agency_never_reach_the_client() {
     for level in [4, 5] {

@@ -74,6 +74,9 @@ struct RunArgs {
     /// Extra idle client connections held open during the run.
     #[arg(long, default_value_t = 0)]
     idle: usize,
+    /// Seconds per timeline point (throughput, CPU, RSS and p99 over the run).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    step: u64,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -128,6 +131,9 @@ pub struct Report {
     receipt_latency: Option<LatencySummary>,
     delivery_latency: LatencySummary,
     server_cpu_cores: f64,
+    /// The load generator's own CPU (this process), in cores: it shares the
+    /// machine with the server, so the two together are bounded by its cores.
+    load_cpu_cores: f64,
     /// Server CPU time per accepted alert (cores ÷ alerts/s).
     server_cpu_us_per_alert: f64,
     /// Database growth ÷ alerts accepted in the measured window.
@@ -143,7 +149,9 @@ pub struct Report {
     connection_errors: u64,
     refusals: std::collections::BTreeMap<String, u64>,
     broker: Option<Internals>,
-    /// Every ten seconds: throughput, CPU and memory (a soak's trend).
+    /// Seconds between timeline points.
+    timeline_step_s: u64,
+    /// Every `timeline_step_s`: throughput, CPU and memory (a soak's trend).
     timeline: Vec<TimelinePoint>,
     /// Witnesses run (0: witnessing off).
     witnesses: usize,
@@ -152,9 +160,6 @@ pub struct Report {
     /// Receipts still waiting for a checkpoint at quorum when the run ended.
     awaiting_quorum_at_end: usize,
 }
-
-/// Seconds between timeline points.
-const TIMELINE_STEP_S: u64 = 10;
 
 /// Throughput, CPU and memory over the last timeline step.
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +293,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     counters.delivery_latency.reset();
     counters.quorum_latency.reset();
     let start = stats::sample(pid).unwrap_or_default();
+    let load_start = stats::sample(std::process::id()).unwrap_or_default();
     let database_start = server.database_bytes().await;
     counters.receipt_latency.take_window();
     counters.delivery_latency.take_window();
@@ -304,7 +310,7 @@ async fn run(args: RunArgs) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(s) = stats::sample(pid) {
             peak_rss = peak_rss.max(s.rss_bytes);
-            if last.0.elapsed() >= Duration::from_secs(TIMELINE_STEP_S) {
+            if last.0.elapsed() >= Duration::from_secs(args.step) {
                 let accepted = counters.accepted.load(Ordering::Relaxed);
                 let span = last.0.elapsed().as_secs_f64();
                 timeline.push(TimelinePoint {
@@ -324,6 +330,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let end = stats::sample(pid).unwrap_or_default();
+    let load_end = stats::sample(std::process::id()).unwrap_or_default();
     let database_end = server.database_bytes().await;
     server.ensure_running()?;
     let internals = match server.admin_port {
@@ -367,6 +374,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             .then(|| counters.receipt_latency.summary()),
         delivery_latency: counters.delivery_latency.summary(),
         server_cpu_cores: (end.cpu_seconds - start.cpu_seconds) / elapsed,
+        load_cpu_cores: (load_end.cpu_seconds - load_start.cpu_seconds) / elapsed,
         server_cpu_us_per_alert: 1e6 * (end.cpu_seconds - start.cpu_seconds)
             / (accepted as f64).max(1.0),
         database_bytes_per_alert: match (database_start, database_end) {
@@ -397,6 +405,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             .map(|m| m.clone().into_iter().collect())
             .unwrap_or_default(),
         broker: internals,
+        timeline_step_s: args.step,
         timeline,
         witnesses,
         quorum_latency: (witnesses > 0).then(|| counters.quorum_latency.summary()),
@@ -510,6 +519,11 @@ fn print(report: &Report) {
             String::new()
         }
     );
+    println!(
+        "  load         {:.2} cores for the load generator ({:.0} µs per alert)",
+        report.load_cpu_cores,
+        1e6 * report.load_cpu_cores / report.alerts_per_s.max(1.0)
+    );
     if report.alerts_accepted > 0 && report.target == Target::Samverkan {
         println!(
             "  per alert    {:.0} µs of server CPU{}{}",
@@ -553,7 +567,8 @@ fn print(report: &Report) {
             .map(|p| format!("{:.0}", p.server_rss_mb))
             .collect();
         println!(
-            "  RSS every {TIMELINE_STEP_S} s (MB): {}; trend over the second half {:+.2} MB/min",
+            "  RSS every {} s (MB): {}; trend over the second half {:+.2} MB/min",
+            report.timeline_step_s,
             rss.join(" "),
             rss_trend_mb_per_min(&report.timeline)
         );
@@ -564,7 +579,8 @@ fn print(report: &Report) {
                 .map(|p| format!("{:.0}/{:.0}", p.receipt_p99_ms, p.delivery_p99_ms))
                 .collect();
             println!(
-                "  p99 receipt/delivery every {TIMELINE_STEP_S} s (ms): {}",
+                "  p99 receipt/delivery every {} s (ms): {}",
+                report.timeline_step_s,
                 p99.join(" ")
             );
         }
@@ -626,6 +642,7 @@ async fn main() -> Result<()> {
                 warmup: 2,
                 window: 128,
                 idle: 0,
+                step: 10,
                 json: None,
             };
             let ceiling = ceiling::run().await?;
@@ -825,7 +842,7 @@ fn print_targets<'a>(
         );
         // Over a soak (run --duration 600): the last minute no worse than
         // the first, RSS flat over the last five minutes.
-        let steps_per_min = (60 / TIMELINE_STEP_S) as usize;
+        let steps_per_min = (60 / r.timeline_step_s.max(1)) as usize;
         if r.timeline.len() >= 2 * steps_per_min {
             let minute = |points: &[TimelinePoint]| {
                 points.iter().map(|p| p.receipt_p99_ms).fold(0.0, f64::max)
@@ -833,7 +850,7 @@ fn print_targets<'a>(
             let first = minute(&r.timeline[..steps_per_min]);
             let last = minute(&r.timeline[r.timeline.len() - steps_per_min..]);
             row(
-                "receipt p99, last minute ≤ first minute (worst 10 s)",
+                "receipt p99, last minute ≤ first minute (worst step)",
                 format!("{first:.1} → {last:.1} ms"),
                 last <= first,
             );

@@ -46,6 +46,19 @@ impl Backend {
         Ok(())
     }
 
+    /// Sets up the connection that commits batches: for SQLite, statement
+    /// journals in memory. A multi-row insert keeps one to undo itself
+    /// alone; as a temporary file it cost a write per page it touched (it is
+    /// discarded when the statement ends, so a crash loses nothing durable).
+    /// Only the writer: the readers' sorts stay spilled to disk.
+    pub(super) async fn prepare_writer(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.prepare(conn).await?;
+        if self == Backend::Sqlite {
+            conn.execute("PRAGMA temp_store = MEMORY").await?;
+        }
+        Ok(())
+    }
+
     /// Work after the migrations: for SQLite, statistics for the planner
     /// (which of the console's indexes narrows a search most), gathered
     /// when the tables have grown since the last time, on a sample: quick

@@ -66,7 +66,14 @@ pub enum StoreError {
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads, and writes other than a batch's commit.
     pool: AnyPool,
+    /// One connection for the batch commits alone. A commit on a
+    /// connection that has just written keeps SQLite's page cache (a
+    /// connection drops its whole cache when another one has written) and
+    /// its prepared statements; taking turns over the read pool's
+    /// connections made every commit reread the indexes' pages.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -93,7 +100,19 @@ impl Store {
         backend.migrator().run(&pool).await?;
         upgrade::from_v3(&pool, backend).await?;
         backend.after_migrations(&pool).await?;
-        Ok(Self { pool, backend })
+        let writer = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move { backend.prepare_writer(conn).await })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Self {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     /// Which database this is.
@@ -103,6 +122,7 @@ impl Store {
 
     /// Closes all connections.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 

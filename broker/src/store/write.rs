@@ -198,7 +198,7 @@ impl Store {
             return Ok(());
         }
         let b = self.backend;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let ranges = alert_entry_ranges(c)?;
         insert_rows(
             &mut tx,

@@ -128,6 +128,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_failing_commit_writes_nothing,
+    a_commit_longer_than_one_script_is_one_transaction,
     audit_reads_filters_and_ranges,
     tree_hashes_proofs_and_roots,
     checkpoints_and_cosignatures,
@@ -528,6 +529,61 @@ async fn a_failing_commit_writes_nothing(backend: Backend) {
             .as_deref(),
         Some(second.shares[0].0.as_str())
     );
+}
+
+/// SQLite gets a commit's statements as scripts of a bounded length; a
+/// commit of more statements is several scripts in one transaction.
+async fn a_commit_longer_than_one_script_is_one_transaction(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut log = Log::new();
+    log.policy_loaded(T0);
+    let alerts: Vec<Accepted> = (0..80u64)
+        .map(|i| {
+            log.accept(
+                T0 + i as i64,
+                "forsakringskassan",
+                &format!("a-{i}"),
+                "welfare.incorrect_payment",
+                &["polisen"],
+                &[],
+                &person(i),
+            )
+        })
+        .collect();
+    log.commit(&store).await;
+    let ids: Vec<String> = alerts.iter().map(|a| a.shares[0].0.clone()).collect();
+    assert_eq!(
+        store.unacked_among("polisen", &ids).await.unwrap().len(),
+        80
+    );
+
+    // Each acknowledgement at a time of its own is a statement of its own:
+    // 80 of them, more than one script holds.
+    for (i, a) in alerts.iter().enumerate() {
+        log.ack(T0 + 1000 + i as i64, a, "polisen");
+    }
+    let mut c = log.take();
+    let before = counts(&store).await;
+    // A tree row that collides with a stored one, written after the
+    // acknowledgements: nothing of the commit may stay.
+    c.tree_hashes.push((0, [7; 32]));
+    assert!(store.commit(&c).await.is_err());
+    assert_eq!(counts(&store).await, before);
+    assert_eq!(
+        store.unacked_among("polisen", &ids).await.unwrap().len(),
+        80
+    );
+    // Without it the whole commit lands.
+    c.tree_hashes.pop();
+    store.commit(&c).await.unwrap();
+    assert!(
+        store
+            .unacked_among("polisen", &ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(counts(&store).await.0, before.0 + 80);
 }
 
 async fn audit_reads_filters_and_ranges(backend: Backend) {

@@ -2,8 +2,10 @@
 //! shared by the store's modules: migrations, connection pragmas,
 //! placeholders and multi-row inserts.
 
+use sqlx::any::AnyArguments;
+use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, Executor, Type};
 
 use super::StoreError;
 
@@ -187,15 +189,108 @@ const CHUNKS: [usize; 6] = [256, 64, 32, 8, 4, 1];
 
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Inserts `rows` with `insert` (`INSERT INTO t (cols)`), `cols` values per
-/// row. `insert` may end with `…ON CONFLICT DO NOTHING` after a `|`.
-pub(super) async fn insert_rows<T>(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// Values bound, in order, to the placeholders of a statement or a script.
+#[derive(Default)]
+pub(super) struct Binds {
+    args: AnyArguments,
+    /// The first value that could not be encoded; the statement then fails.
+    error: Option<BoxDynError>,
+}
+
+impl Binds {
+    /// Binds `value` to the next placeholder.
+    pub(super) fn bind<'t, T: Encode<'t, Any> + Type<Any>>(mut self, value: T) -> Self {
+        if self.error.is_none()
+            && let Err(e) = self.args.add(value)
+        {
+            self.error = Some(e);
+        }
+        self
+    }
+}
+
+/// Statements most gathered into one SQLite script.
+const SCRIPT_STATEMENTS: usize = 64;
+
+/// The statements of one transaction, in order. On SQLite they go to the
+/// database as scripts (`;`-separated, anonymous placeholders bound in
+/// order across them): sqlx runs SQLite on a thread of its own and every
+/// query is a round trip to it, two thread switches each, which at
+/// moderate rates was a third of the broker's switches. PostgreSQL takes
+/// one statement per query with parameters, so there each statement runs
+/// as it is added.
+pub(super) struct Script {
     backend: Backend,
+    sql: String,
+    binds: Binds,
+    statements: usize,
+}
+
+impl Script {
+    pub(super) fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            sql: String::new(),
+            binds: Binds::default(),
+            statements: 0,
+        }
+    }
+
+    /// Adds `sql`, whose placeholders `bind` binds.
+    pub(super) async fn add(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        sql: &str,
+        bind: impl FnOnce(Binds) -> Binds,
+    ) -> Result<(), StoreError> {
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        self.sql.push_str(sql);
+        self.binds = bind(std::mem::take(&mut self.binds));
+        self.statements += 1;
+        if self.backend == Backend::Postgres || self.statements >= SCRIPT_STATEMENTS {
+            self.run(tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs what has been added and not yet run.
+    pub(super) async fn run(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+    ) -> Result<(), StoreError> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(&mut self.sql);
+        let Binds { args, error } = std::mem::take(&mut self.binds);
+        self.statements = 0;
+        if let Some(e) = error {
+            return Err(StoreError::Database(sqlx::Error::Encode(e)));
+        }
+        // SQLite's scripts are not kept in sqlx's statement cache: they
+        // rarely repeat, and a cache of 100 scripts of large inserts held
+        // hundreds of megabytes. PostgreSQL's single statements come in
+        // the few sizes of `CHUNKS` and stay prepared.
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .persistent(self.backend == Backend::Postgres)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Adds inserts of `rows` to `script` with `insert` (`INSERT INTO t
+/// (cols)`), `cols` values per row. `insert` may end with `…ON CONFLICT DO
+/// NOTHING` after a `|`.
+pub(super) async fn insert_rows<T>(
+    script: &mut Script,
+    tx: &mut sqlx::Transaction<'_, Any>,
     insert: &str,
     cols: usize,
     rows: &[T],
-    bind: impl for<'q> Fn(AnyQuery<'q>, &T) -> AnyQuery<'q>,
+    bind: impl Fn(Binds, &T) -> Binds,
 ) -> Result<(), StoreError> {
     let mut rest = rows;
     while !rest.is_empty() {
@@ -208,13 +303,16 @@ pub(super) async fn insert_rows<T>(
         let (head, tail_sql) = insert.split_once('|').unwrap_or((insert, ""));
         let sql = format!(
             "{head} VALUES {}{tail_sql}",
-            placeholders(backend, size, cols)
+            placeholders(script.backend, size, cols)
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            q = bind(q, row);
-        }
-        q.execute(&mut **tx).await?;
+        script
+            .add(tx, &sql, |mut binds| {
+                for row in chunk {
+                    binds = bind(binds, row);
+                }
+                binds
+            })
+            .await?;
         rest = tail;
     }
     Ok(())

@@ -10,7 +10,7 @@ use super::deliveries::DELIVERY_COLUMNS;
 use samverkan_sdk::envelope::Base64Url;
 use samverkan_sdk::messages::Signed;
 
-use super::dialect::{insert_rows, json_list, placeholders, placeholders_after, to_i64};
+use super::dialect::{Script, insert_rows, json_list, placeholders, placeholders_after, to_i64};
 use super::records;
 use super::{Purge, Store, StoreError, console};
 use crate::audit::{AuditEntry, EntryKind};
@@ -199,10 +199,11 @@ impl Store {
         }
         let b = self.backend;
         let mut tx = self.writer.begin().await?;
+        let mut script = Script::new(b);
         let ranges = alert_entry_ranges(c)?;
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             &format!("INSERT INTO alerts ({ALERT_COLUMNS})"),
             14,
             &c.alerts,
@@ -229,8 +230,8 @@ impl Store {
         )
         .await?;
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             &format!("INSERT INTO audit_entries ({AUDIT_COLUMNS})"),
             21,
             &c.audit,
@@ -261,8 +262,8 @@ impl Store {
         .await?;
         let day_counts = console::day_counts(&c.audit);
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             "INSERT INTO audit_day_counts (day, kind, publisher, recipient, legal_basis, n)| \
              ON CONFLICT (day, kind, publisher, recipient, legal_basis) \
              DO UPDATE SET n = audit_day_counts.n + excluded.n",
@@ -279,8 +280,8 @@ impl Store {
         )
         .await?;
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             &format!("INSERT INTO deliveries ({DELIVERY_COLUMNS})"),
             6,
             &c.deliveries,
@@ -304,8 +305,8 @@ impl Store {
             }
         }
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             "INSERT INTO ack_messages (first_idx, message)",
             2,
             &messages,
@@ -328,39 +329,46 @@ impl Store {
                     placeholders_after(b, 1, 1).trim_matches(|c| c == '(' || c == ')'),
                     placeholders_after(b, 2, chunk.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .bind(*at_ms)
-                    .bind(recipient.to_string());
-                for id in chunk {
-                    q = q.bind(id.to_string());
-                }
-                q.execute(&mut *tx).await?;
+                script
+                    .add(&mut tx, &sql, |binds| {
+                        let mut binds = binds.bind(*at_ms).bind(recipient.to_string());
+                        for id in chunk {
+                            binds = binds.bind(id.to_string());
+                        }
+                        binds
+                    })
+                    .await?;
             }
         }
         let tree_rows = tree_rows(&c.tree_hashes);
         insert_rows(
+            &mut script,
             &mut tx,
-            b,
             "INSERT INTO tree_hashes (first_idx, hashes)",
             2,
             &tree_rows,
             |q, (first, hashes)| q.bind(to_i64(*first)).bind(hashes.clone()),
         )
         .await?;
-        insert_rows(&mut tx, b, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
+        insert_rows(&mut script, &mut tx, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
             q.bind(hash.clone()).bind(to_i64(*idx))
         })
         .await?;
         if let Some(p) = &c.policy {
-            sqlx::query(
-                "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(p.version.clone())
-            .bind(p.at_ms)
-            .bind(p.files_json.clone())
-            .execute(&mut *tx)
-            .await?;
+            let sql = format!(
+                "INSERT INTO policy_versions (version, first_loaded_ms, files) VALUES {} ON CONFLICT (version) DO NOTHING",
+                placeholders(b, 1, 3)
+            );
+            script
+                .add(&mut tx, &sql, |binds| {
+                    binds
+                        .bind(p.version.clone())
+                        .bind(p.at_ms)
+                        .bind(p.files_json.clone())
+                })
+                .await?;
         }
+        script.run(&mut tx).await?;
         for p in &c.purges {
             p.apply(&mut tx).await?;
         }

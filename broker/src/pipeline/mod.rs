@@ -206,6 +206,8 @@ struct InFlight {
 struct Answers {
     deliveries: Vec<(String, Vec<u8>)>,
     receipts: Vec<(String, Vec<u8>)>,
+    /// The accepted alerts with their receipts (see [`Recorded::known`]).
+    known: Vec<((String, String), KnownAlert)>,
 }
 
 impl Pipeline {
@@ -302,19 +304,12 @@ impl Pipeline {
             next,
             frontier,
         } = sealed;
-        let alerts = commit
-            .alerts
-            .iter()
-            .map(|a| {
-                (
-                    (a.publisher.clone(), a.alert_id.clone()),
-                    KnownAlert {
-                        envelope_hash: a.envelope_hash.clone(),
-                        receipt: serde_json::to_vec(&a.receipt).unwrap_or_default(),
-                    },
-                )
-            })
-            .collect();
+        let Answers {
+            deliveries,
+            receipts,
+            known,
+        } = answers;
+        let alerts = known.into_iter().collect();
         let acked = commit.acks.iter().map(|a| a.share_id.clone()).collect();
         let (store, metrics, outbox) = (
             self.store.clone(),
@@ -332,10 +327,10 @@ impl Pipeline {
                 .observe(started.elapsed().as_secs_f64());
             count_commit(&metrics, &commit, next);
             drop(commit);
-            for (topic, payload) in answers.deliveries {
+            for (topic, payload) in deliveries {
                 outbox.send(topic, payload).await;
             }
-            for (tenant, receipt) in answers.receipts {
+            for (tenant, receipt) in receipts {
                 outbox.send(topics::receipts(&tenant), receipt).await;
             }
             Ok(())
@@ -557,6 +552,7 @@ impl Pipeline {
         let answers = Answers {
             deliveries: recorded.deliveries,
             receipts: recorded.receipts,
+            known: recorded.known,
         };
         self.launch(sealed, answers);
         // A verified acknowledgement shows what the recipient has taken,

@@ -21,6 +21,7 @@ use crate::audit::subject::SubjectHasher;
 use crate::limits::PublishLimits;
 use crate::policy::PolicySet;
 use crate::signer::BrokerSigner;
+use crate::store::KnownAlert;
 use crate::store::{AlertRow, DeliveryRow};
 
 /// What the record stage signs and records with: the same for a whole batch.
@@ -44,6 +45,10 @@ pub struct Recorded {
     pub deliveries: Vec<(String, Vec<u8>)>,
     /// Alerts accepted.
     pub accepted: u64,
+    /// The accepted alerts by (publisher, alert id), with the receipt just
+    /// serialised for them, so that a resend before their commit is
+    /// answered with the same bytes.
+    pub known: Vec<((String, String), KnownAlert)>,
     /// Resends answered with an earlier receipt.
     pub resent: u64,
     /// The code of every refusal.
@@ -59,7 +64,15 @@ impl Recorder {
             let receipt = match outcome {
                 Outcome::Accepted(a) => {
                     recorded.accepted += 1;
-                    Some(self.accepted(a, draft, &mut recorded.deliveries))
+                    let (tenant, receipt) = self.accepted(a, draft, &mut recorded.deliveries);
+                    recorded.known.push((
+                        (tenant.clone(), a.alert.header().alert_id.clone()),
+                        KnownAlert {
+                            envelope_hash: a.envelope_hash.clone(),
+                            receipt: receipt.clone(),
+                        },
+                    ));
+                    Some((tenant, receipt))
                 }
                 Outcome::Rejected(r) => {
                     recorded.rejected.push(r.code);

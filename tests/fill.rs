@@ -538,7 +538,8 @@ impl Filler<'_> {
                     signed_at_ms: now,
                 };
                 let signed = Signed::sign(messages::TAG_ACK, &ack, &key, &key_id);
-                let message = serde_json::to_vec(&signed).unwrap_or_default();
+                let message: std::sync::Arc<[u8]> =
+                    serde_json::to_vec(&signed).unwrap_or_default().into();
                 let message_hash = hex::encode(sha2::Sha256::digest(&message));
                 let signature = b64(&signed.signature.0);
                 for p in chunk {

@@ -403,7 +403,7 @@ impl Log {
             acked_at_ms: at_ms,
             ack_audit_idx: index,
             message_hash: hex::encode(sha2_256(&message)),
-            ack_message: message,
+            ack_message: message.into(),
         });
         index
     }

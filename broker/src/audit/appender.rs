@@ -257,7 +257,7 @@ pub struct AckFacts<'a> {
     /// The acknowledging agency.
     pub recipient: &'a str,
     /// The signed acknowledgement as received, and its signature (base64url).
-    pub message: &'a [u8],
+    pub message: &'a std::sync::Arc<[u8]>,
     /// Hex SHA-256 of `message`.
     pub message_hash: &'a str,
     /// See `message`.
@@ -372,7 +372,7 @@ impl Draft {
             acked_at_ms: at_ms,
             ack_audit_idx: index,
             message_hash: ack.message_hash.to_string(),
-            ack_message: ack.message.to_vec(),
+            ack_message: ack.message.clone(),
         });
         index
     }

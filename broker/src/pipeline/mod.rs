@@ -455,8 +455,8 @@ impl Pipeline {
         };
 
         // Check and record on a blocking thread (signatures, policy, broker
-        // signatures), so that the batch in flight commits and connections
-        // are served meanwhile.
+        // signatures), and verify the acknowledgements, so that the batch in
+        // flight commits and connections are served meanwhile.
         let context = CheckContext {
             policy: policy.clone(),
             max_payload_bytes: self.settings.max_payload_bytes,
@@ -470,13 +470,15 @@ impl Pipeline {
             subjects: self.subjects.clone(),
             now,
         };
+        let ack_clock = (now, self.settings.max_clock_skew_ms);
         let decided = tokio::task::spawn_blocking(move || {
             let outcomes = check::check(&context, alerts, &known);
             let recorded = recorder.record(&outcomes, &mut draft);
-            (recorded, draft)
+            let acked = acks::verify_all(&recorder.policy, acks, ack_clock);
+            (recorded, acked, draft)
         })
         .await;
-        let (recorded, mut draft): (Recorded, Draft) = match decided {
+        let (recorded, acked, mut draft): (Recorded, Vec<acks::Verified>, Draft) = match decided {
             Ok(d) => d,
             Err(e) => {
                 error!(error = %e, "deciding a batch failed: nothing of it is answered (publishers will resend)");
@@ -484,30 +486,18 @@ impl Pipeline {
             }
         };
 
-        // Acknowledgements.
-        let mut acked = Vec::new();
+        // Acknowledgements: their shares looked up with one query per
+        // acknowledging agency, their entries after the alerts'.
+        let pending = match acks::pending(&self.store, &acked).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
         let no_acks = HashSet::new();
         let in_flight_acks = self.in_flight.as_ref().map_or(&no_acks, |f| &f.acked);
-        for (tenant, payload) in acks {
-            match acks::record(
-                &self.store,
-                &policy,
-                &tenant,
-                &payload,
-                (now, self.settings.max_clock_skew_ms),
-                in_flight_acks,
-                &mut draft,
-            )
-            .await
-            {
-                Ok(Some(share_ids)) => acked.push((tenant, share_ids)),
-                Ok(None) => {}
-                Err(e) => {
-                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
-                    return;
-                }
-            }
-        }
+        acks::record(&acked, &pending, now, in_flight_acks, &mut draft);
 
         // One transaction for everything, committed while the next batch is
         // prepared; nothing is sent before it commits.
@@ -557,8 +547,8 @@ impl Pipeline {
         self.launch(sealed, answers);
         // A verified acknowledgement shows what the recipient has taken,
         // whether or not it commits; it only opens the replay's window.
-        for (tenant, share_ids) in acked {
-            self.replays.acked(&tenant, &share_ids);
+        for ack in &acked {
+            self.replays.acked(&ack.tenant, &ack.share_ids);
         }
         for (tenant, payload) in replays {
             self.replays.start(&tenant, &payload);

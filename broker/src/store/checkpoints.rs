@@ -42,7 +42,7 @@ impl Store {
             .bind(cp.root.to_vec())
             .bind(cp.at_ms)
             .bind(cp.note.clone())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -50,7 +50,7 @@ impl Store {
     /// Stores witnesses' cosignatures (each once per checkpoint and key), in
     /// one transaction.
     pub async fn insert_cosignatures(&self, rows: &[StoredCosignature]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for c in rows {
             sqlx::query("INSERT INTO cosignatures (size, witness, vkey, line, at_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (size, vkey) DO NOTHING")
                 .bind(to_i64(c.size))

@@ -66,13 +66,14 @@ pub enum StoreError {
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Reads, and writes other than a batch's commit.
+    /// Reads.
     pool: AnyPool,
-    /// One connection for the batch commits alone. A commit on a
-    /// connection that has just written keeps SQLite's page cache (a
-    /// connection drops its whole cache when another one has written) and
-    /// its prepared statements; taking turns over the read pool's
-    /// connections made every commit reread the indexes' pages.
+    /// One connection for every write: the batch commits, checkpoints and
+    /// cosignatures. A commit on a connection that has just written keeps
+    /// SQLite's page cache (a connection drops its whole cache when another
+    /// one has written) and its prepared statements; taking turns over the
+    /// read pool's connections made every commit reread the indexes' pages,
+    /// and so did each checkpoint stored from the read pool.
     writer: AnyPool,
     backend: Backend,
 }

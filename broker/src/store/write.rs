@@ -120,8 +120,9 @@ pub struct AckUpdate {
     pub ack_audit_idx: u64,
     /// Hex SHA-256 of the signed acknowledgement that covered it.
     pub message_hash: String,
-    /// The recipient's signed acknowledgement (JSON), stored once per message.
-    pub ack_message: Vec<u8>,
+    /// The recipient's signed acknowledgement (JSON), stored once per
+    /// message: shared by the shares it acknowledges, not copied per share.
+    pub ack_message: std::sync::Arc<[u8]>,
 }
 
 /// What is stored about an alert that was already accepted.

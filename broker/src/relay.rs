@@ -328,8 +328,11 @@ pub async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-// The path is spelled out because the fuzz crate (broker/fuzz) includes
+// The paths are spelled out because the fuzz crate (broker/fuzz) includes
 // this file by path, where the default would point elsewhere.
+#[cfg(any(test, fuzzing))]
+#[path = "relay/in_memory.rs"]
+pub mod in_memory;
 #[cfg(test)]
 #[path = "relay/tests.rs"]
 mod tests;

@@ -4,10 +4,6 @@
 //! not compile the rest of the broker. [`check`] runs one input and asserts
 //! what the property tests in those files assert.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
 #[path = "../../src/inspect.rs"]
 #[allow(dead_code)]
 pub mod inspect;
@@ -16,51 +12,11 @@ pub mod inspect;
 pub mod relay;
 
 use inspect::{FilterBudget, Limits, Session, kind};
+use relay::in_memory::{packets, run, topic};
 use tokio::io::BufReader;
 
 /// The agency every input is read as.
 const AGENCY: &str = "a";
-
-/// Runs a future over bytes in memory, which never make it wait.
-fn run<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..1000 {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-    panic!("in-memory I/O kept the relay waiting");
-}
-
-/// Whole packets in `bytes`: (first byte, body); a cut-off end is left out.
-fn packets(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
-    let mut out = Vec::new();
-    while let Some(&first) = bytes.first() {
-        let mut remaining = 0usize;
-        let mut i = 1;
-        loop {
-            let Some(&b) = bytes.get(i) else { return out };
-            remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let Some(body) = bytes.get(i..i + remaining) else {
-            return out;
-        };
-        out.push((first, body));
-        bytes = &bytes[i + remaining..];
-    }
-    out
-}
-
-/// The topic at the start of a PUBLISH body that the relay passed on.
-fn topic(body: &[u8]) -> &str {
-    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-    std::str::from_utf8(&body[2..2 + len]).expect("a passed topic is UTF-8")
-}
 
 /// One fuzz input: its first byte picks the direction and protocol level,
 /// the rest is what that side sends.

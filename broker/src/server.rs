@@ -69,6 +69,29 @@ pub enum StartError {
     Listener(#[from] std::io::Error),
 }
 
+/// Why a reload was refused, or did not finish; the previous policy or TLS
+/// configuration stays in force unless it says otherwise.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The policy set has mistakes.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The task reading the policy set ended abnormally.
+    #[error("reading the policy set failed: {0}")]
+    PolicyRead(#[from] tokio::task::JoinError),
+    /// The new policy is in force, but its load is not yet in the audit
+    /// log (the pipeline records it with its next batch).
+    #[error("the new policy is in force but could not be recorded yet: {0}")]
+    NotRecorded(CommandError),
+    /// The pipeline has stopped.
+    #[error(transparent)]
+    Stopped(CommandError),
+    /// The certificate, key, CA or CRL files do not load.
+    #[error(transparent)]
+    Tls(#[from] GatewayError),
+}
+
 /// Whether the database answers (watched by the health endpoint).
 #[derive(Debug, Clone, Default)]
 pub struct DatabaseHealth {
@@ -199,27 +222,37 @@ impl Control {
         let _one_at_a_time = self.reloading.lock().await;
         let policy = match self.reload_policy().await {
             Ok(message) => ReloadPart { ok: true, message },
-            Err(message) => {
-                error!(errors = %message, "policy reload refused; the previous policy stays in force");
-                ReloadPart { ok: false, message }
+            Err(e @ ReloadError::NotRecorded(_)) => {
+                error!(error = %e, "policy reloaded, but its load is not in the audit log yet");
+                ReloadPart {
+                    ok: false,
+                    message: e.to_string(),
+                }
+            }
+            Err(e) => {
+                error!(errors = %e, "policy reload refused; the previous policy stays in force");
+                ReloadPart {
+                    ok: false,
+                    message: e.to_string(),
+                }
             }
         };
         let tls = match self.reload_tls() {
             Ok(message) => ReloadPart { ok: true, message },
-            Err(message) => {
-                error!(error = %message, "TLS reload refused; the previous configuration stays in force");
-                ReloadPart { ok: false, message }
+            Err(e) => {
+                error!(error = %e, "TLS reload refused; the previous configuration stays in force");
+                ReloadPart {
+                    ok: false,
+                    message: e.to_string(),
+                }
             }
         };
         ReloadReport { policy, tls }
     }
 
-    async fn reload_policy(&self) -> Result<String, String> {
+    async fn reload_policy(&self) -> Result<String, ReloadError> {
         let dir = self.config.policy_dir.clone();
-        let set = tokio::task::spawn_blocking(move || PolicySet::load(&dir))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let set = tokio::task::spawn_blocking(move || PolicySet::load(&dir)).await??;
         let current = self.policy.current();
         if set.version() == current.version() {
             return Ok(format!("policy {} unchanged", set.short_version()));
@@ -235,13 +268,11 @@ impl Control {
                 done: Some(done),
             })
             .await
-            .map_err(|_| CommandError::Stopped.to_string())?;
+            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?;
         answer
             .await
-            .map_err(|_| CommandError::Stopped.to_string())?
-            .map_err(|e| {
-                format!("the new policy is in force but could not be recorded yet: {e}")
-            })?;
+            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?
+            .map_err(ReloadError::NotRecorded)?;
         // Connections of agencies that left the policy end now.
         let closed = self
             .gateway
@@ -259,14 +290,12 @@ impl Control {
 
     /// Rebuilds the TLS configuration (CA, certificate, CRL) and closes live
     /// connections whose certificate the CRL now revokes.
-    pub fn reload_tls(&self) -> Result<String, String> {
-        let tls = server_config(&self.config.tls).map_err(|e| e.to_string())?;
-        let revoked = crl_serials(&self.config.tls).map_err(|e| e.to_string())?;
+    pub fn reload_tls(&self) -> Result<String, ReloadError> {
+        let tls = server_config(&self.config.tls)?;
+        let revoked = crl_serials(&self.config.tls)?;
         self.gateway.set_tls(tls);
         if let Some(console) = &self.console_tls {
-            console
-                .reload(&self.config.tls)
-                .map_err(|e| e.to_string())?;
+            console.reload(&self.config.tls)?;
         }
         let closed = self.gateway.close_where(|id| revoked.contains(&id.serial));
         if closed > 0 {

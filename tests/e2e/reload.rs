@@ -431,3 +431,63 @@ async fn no_receipt_while_the_database_is_down_and_nothing_lost_after() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_policy_reloaded_while_the_database_is_down_is_in_force_and_audited_once_it_is_back() {
+    let server =
+        std::env::var(POSTGRES_ENV).unwrap_or_else(|_| panic!("{POSTGRES_ENV} must be set"));
+    let pg = postgres_address(&server);
+    let proxy = TcpProxy::start(pg).await;
+    let proxy_addr = proxy.addr.to_string();
+    let broker = TestBroker::start_with(Backend::Postgres, prepare_dir(), |c| {
+        c.store_url = c.store_url.replace(&pg.to_string(), &proxy_addr);
+    })
+    .await;
+    let polisen = broker.agency("polisen").await;
+    let before = broker.broker().policy().current().version().to_string();
+
+    proxy.down();
+    let rules = broker.policies().join("rules/akrim.toml");
+    edit(
+        &rules,
+        "recipients = [\"polisen\", \"skatteverket\", \"forsakringskassan\"]\ntopics = [\"akrim/#\"]\nalert_types = [\"akrim.inspection_result\"]",
+        "recipients = [\"polisen\", \"skatteverket\", \"forsakringskassan\", \"linkoping\"]\ntopics = [\"akrim/#\"]\nalert_types = [\"akrim.inspection_result\"]",
+    );
+    let report = broker.broker().reload().await;
+    // Not a refusal: the new policy is in force, only its record waits.
+    assert!(!report.policy.ok, "{report:?}");
+    assert!(
+        report
+            .policy
+            .message
+            .contains("the new policy is in force but could not be recorded yet"),
+        "{report:?}"
+    );
+    let after = broker.broker().policy().current().version().to_string();
+    assert_ne!(after, before);
+
+    // Back: the first alert is decided by the new policy, and its load is
+    // in the log before that alert's entries.
+    proxy.up();
+    let r = polisen
+        .publish(
+            "akrim/ost/inspection",
+            inspection_result().addressed_to(["linkoping"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.policy_version, after);
+    assert_eq!(r.shares.len(), 1);
+    let entries = broker.broker().store().audit_range(0, 1000).await.unwrap();
+    let load = entries
+        .iter()
+        .position(|e| {
+            e.kind == EntryKind::PolicyLoaded && e.policy_version.as_deref() == Some(&after)
+        })
+        .expect("the new policy's load is audited");
+    let share = entries
+        .iter()
+        .position(|e| e.kind == EntryKind::Share && e.recipient.as_deref() == Some("linkoping"))
+        .expect("the share is audited");
+    assert!(load < share, "{entries:?}");
+}

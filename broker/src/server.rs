@@ -130,7 +130,9 @@ pub struct HealthReport {
 /// The outcome of one part of a reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadPart {
-    /// Whether it succeeded (on failure the old state stays in force).
+    /// Whether it succeeded. On failure the old state stays in force,
+    /// except for a policy that is in force but whose load could not be
+    /// recorded yet (the message says so; the next batch records it).
     pub ok: bool,
     /// What happened, or every error.
     pub message: String,

@@ -271,14 +271,15 @@ impl Control {
             })
             .await
             .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?;
-        answer
+        let recorded = answer
             .await
-            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?
-            .map_err(ReloadError::NotRecorded)?;
-        // Connections of agencies that left the policy end now.
+            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?;
+        // Connections of agencies that left the policy end now, whether or
+        // not the load could be recorded yet: the policy is in force.
         let closed = self
             .gateway
             .close_where(|id| now_in_force.agency(&id.agency).is_none());
+        recorded.map_err(ReloadError::NotRecorded)?;
         info!(version, closed, "policy reloaded");
         Ok(format!(
             "policy {short} in force{}",

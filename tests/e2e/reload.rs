@@ -20,6 +20,32 @@ use crate::raw::connect;
 
 const TOPIC: &str = "welfare/incorrect-payment/ost";
 
+/// Removes `agency` from a copy of the policy set: its entry, its keys and
+/// its places in the rules.
+fn without_agency(policies: &std::path::Path, agency: &str) {
+    for file in ["agencies.toml", "keys.toml"] {
+        let path = policies.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let blocks: Vec<&str> = text
+            .split("\n\n")
+            .filter(|block| {
+                !block.contains(&format!("id = \"{agency}\""))
+                    && !block.contains(&format!("owner = \"{agency}\""))
+            })
+            .collect();
+        assert!(blocks.len() < text.split("\n\n").count(), "{file}");
+        std::fs::write(&path, blocks.join("\n\n")).unwrap();
+    }
+    for file in ["rules/akrim.toml", "rules/welfare.toml"] {
+        let path = policies.join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&format!("\"{agency}\", "), "")
+            .replace(&format!(", \"{agency}\""), "");
+        std::fs::write(&path, text).unwrap();
+    }
+}
+
 fn edit(path: &std::path::Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{} lacks {from:?}", path.display());
@@ -445,8 +471,15 @@ async fn a_policy_reloaded_while_the_database_is_down_is_in_force_and_audited_on
     .await;
     let polisen = broker.agency("polisen").await;
     let before = broker.broker().policy().current().version().to_string();
+    let (_raw, mut norrkoping) =
+        connect(broker.raw_options("nkp-raw", broker.agency_tls("norrkoping")))
+            .await
+            .unwrap();
 
     proxy.down();
+    // The new policy lets Linköping receive inspection results, and has no
+    // Norrköping any more.
+    without_agency(&broker.policies(), "norrkoping");
     let rules = broker.policies().join("rules/akrim.toml");
     edit(
         &rules,
@@ -465,6 +498,19 @@ async fn a_policy_reloaded_while_the_database_is_down_is_in_force_and_audited_on
     );
     let after = broker.broker().policy().current().version().to_string();
     assert_ne!(after, before);
+    // In force means Norrköping's live connection ends now.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if norrkoping.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a removed agency stayed connected because the database was down"
+    );
 
     // Back: the first alert is decided by the new policy, and its load is
     // in the log before that alert's entries.

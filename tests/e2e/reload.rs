@@ -20,6 +20,28 @@ use crate::raw::connect;
 
 const TOPIC: &str = "welfare/incorrect-payment/ost";
 
+/// A broker on PostgreSQL reached through a proxy the test can cut.
+async fn behind_proxy() -> (TestBroker, TcpProxy) {
+    let server =
+        std::env::var(POSTGRES_ENV).unwrap_or_else(|_| panic!("{POSTGRES_ENV} must be set"));
+    let pg = postgres_address(&server);
+    let proxy = TcpProxy::start(pg).await;
+    let proxy_addr = proxy.addr.to_string();
+    let broker = TestBroker::start_with(Backend::Postgres, prepare_dir(), |c| {
+        c.store_url = c.store_url.replace(&pg.to_string(), &proxy_addr);
+    })
+    .await;
+    (broker, proxy)
+}
+
+/// Whether the broker ends a raw connection within five seconds.
+async fn ends_within_5s(events: &mut rumqttc::EventLoop) -> bool {
+    let ended = async { while events.poll().await.is_ok() {} };
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .is_ok()
+}
+
 /// Removes `agency` from a copy of the policy set: its entry, its keys and
 /// its places in the rules.
 fn without_agency(policies: &std::path::Path, agency: &str) {
@@ -249,16 +271,8 @@ async fn a_revoked_tls_certificate_is_cut_off_without_a_restart() {
     pki::revoke_dev(&broker.pki().dir, &broker.pki().client_cert("linkoping")).unwrap();
 
     // The live connection is closed within the CRL check interval…
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if raw_events.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        ends_within_5s(&mut raw_events).await,
         "the revoked certificate's connection stayed open"
     );
     // …and it can no longer connect.
@@ -372,15 +386,7 @@ async fn the_broker_key_rotates_and_old_stamps_still_verify() {
 
 #[tokio::test]
 async fn no_receipt_while_the_database_is_down_and_nothing_lost_after() {
-    let server =
-        std::env::var(POSTGRES_ENV).unwrap_or_else(|_| panic!("{POSTGRES_ENV} must be set"));
-    let pg = postgres_address(&server);
-    let proxy = TcpProxy::start(pg).await;
-    let proxy_addr = proxy.addr.to_string();
-    let broker = TestBroker::start_with(Backend::Postgres, prepare_dir(), |c| {
-        c.store_url = c.store_url.replace(&pg.to_string(), &proxy_addr);
-    })
-    .await;
+    let (broker, proxy) = behind_proxy().await;
     let admin = broker.broker().admin_addr().unwrap();
     let linkoping = broker.agency("linkoping").await;
     let mut inbox = linkoping.subscribe("welfare/#").await.unwrap();
@@ -460,15 +466,7 @@ async fn no_receipt_while_the_database_is_down_and_nothing_lost_after() {
 
 #[tokio::test]
 async fn a_policy_reloaded_while_the_database_is_down_is_in_force_and_audited_once_it_is_back() {
-    let server =
-        std::env::var(POSTGRES_ENV).unwrap_or_else(|_| panic!("{POSTGRES_ENV} must be set"));
-    let pg = postgres_address(&server);
-    let proxy = TcpProxy::start(pg).await;
-    let proxy_addr = proxy.addr.to_string();
-    let broker = TestBroker::start_with(Backend::Postgres, prepare_dir(), |c| {
-        c.store_url = c.store_url.replace(&pg.to_string(), &proxy_addr);
-    })
-    .await;
+    let (broker, proxy) = behind_proxy().await;
     let polisen = broker.agency("polisen").await;
     let before = broker.broker().policy().current().version().to_string();
     let (_raw, mut norrkoping) =
@@ -499,16 +497,8 @@ async fn a_policy_reloaded_while_the_database_is_down_is_in_force_and_audited_on
     let after = broker.broker().policy().current().version().to_string();
     assert_ne!(after, before);
     // In force means Norrköping's live connection ends now.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if norrkoping.poll().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        ends_within_5s(&mut norrkoping).await,
         "a removed agency stayed connected because the database was down"
     );
 

@@ -85,8 +85,8 @@ pub enum ReloadError {
     #[error("the new policy is in force but could not be recorded yet: {0}")]
     NotRecorded(CommandError),
     /// The pipeline has stopped.
-    #[error(transparent)]
-    Stopped(CommandError),
+    #[error("the pipeline has stopped")]
+    Stopped,
     /// The certificate, key, CA or CRL files do not load.
     #[error(transparent)]
     Tls(#[from] GatewayError),
@@ -136,6 +136,15 @@ pub struct ReloadPart {
     pub ok: bool,
     /// What happened, or every error.
     pub message: String,
+}
+
+impl ReloadPart {
+    fn failed(e: &ReloadError) -> Self {
+        Self {
+            ok: false,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// What a reload did.
@@ -224,29 +233,20 @@ impl Control {
         let _one_at_a_time = self.reloading.lock().await;
         let policy = match self.reload_policy().await {
             Ok(message) => ReloadPart { ok: true, message },
-            Err(e @ ReloadError::NotRecorded(_)) => {
-                error!(error = %e, "policy reloaded, but its load is not in the audit log yet");
-                ReloadPart {
-                    ok: false,
-                    message: e.to_string(),
-                }
-            }
             Err(e) => {
-                error!(errors = %e, "policy reload refused; the previous policy stays in force");
-                ReloadPart {
-                    ok: false,
-                    message: e.to_string(),
+                if let ReloadError::NotRecorded(_) = e {
+                    error!(error = %e, "policy reloaded, but its load is not in the audit log yet");
+                } else {
+                    error!(errors = %e, "policy reload refused; the previous policy stays in force");
                 }
+                ReloadPart::failed(&e)
             }
         };
         let tls = match self.reload_tls() {
             Ok(message) => ReloadPart { ok: true, message },
             Err(e) => {
                 error!(error = %e, "TLS reload refused; the previous configuration stays in force");
-                ReloadPart {
-                    ok: false,
-                    message: e.to_string(),
-                }
+                ReloadPart::failed(&e)
             }
         };
         ReloadReport { policy, tls }
@@ -270,10 +270,8 @@ impl Control {
                 done: Some(done),
             })
             .await
-            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?;
-        let recorded = answer
-            .await
-            .map_err(|_| ReloadError::Stopped(CommandError::Stopped))?;
+            .map_err(|_| ReloadError::Stopped)?;
+        let recorded = answer.await.map_err(|_| ReloadError::Stopped)?;
         // Connections of agencies that left the policy end now, whether or
         // not the load could be recorded yet: the policy is in force.
         let closed = self

@@ -552,10 +552,7 @@ async fn a_commit_longer_than_one_script_is_one_transaction(backend: Backend) {
         .collect();
     log.commit(&store).await;
     let ids: Vec<String> = alerts.iter().map(|a| a.shares[0].0.clone()).collect();
-    assert_eq!(
-        store.unacked_among("polisen", &ids).await.unwrap().len(),
-        80
-    );
+    assert_eq!(unacked_of_polisen(&store, &ids).await, 80);
 
     // Each acknowledgement at a time of its own is a statement of its own:
     // 80 of them, more than one script holds.
@@ -569,21 +566,17 @@ async fn a_commit_longer_than_one_script_is_one_transaction(backend: Backend) {
     c.tree_hashes.push((0, [7; 32]));
     assert!(store.commit(&c).await.is_err());
     assert_eq!(counts(&store).await, before);
-    assert_eq!(
-        store.unacked_among("polisen", &ids).await.unwrap().len(),
-        80
-    );
+    assert_eq!(unacked_of_polisen(&store, &ids).await, 80);
     // Without it the whole commit lands.
     c.tree_hashes.pop();
     store.commit(&c).await.unwrap();
-    assert!(
-        store
-            .unacked_among("polisen", &ids)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(unacked_of_polisen(&store, &ids).await, 0);
     assert_eq!(counts(&store).await.0, before.0 + 80);
+}
+
+/// How many of `ids` are stored for `polisen` and not yet acknowledged.
+async fn unacked_of_polisen(store: &Store, ids: &[String]) -> usize {
+    store.unacked_among("polisen", ids).await.unwrap().len()
 }
 
 async fn audit_reads_filters_and_ranges(backend: Backend) {
@@ -953,13 +946,7 @@ async fn deliveries_acks_and_replay_pages(backend: Backend) {
         log.ack(T0 + 1000, a, "polisen");
     }
     log.commit(&store).await;
-    assert!(
-        store
-            .unacked_among("polisen", &ids)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(unacked_of_polisen(&store, &ids).await, 0);
     let page = store
         .replay_page("polisen", QueuePosition::START, 100)
         .await

@@ -76,6 +76,17 @@ pub struct AuditSettings {
     pub retention_interval: Duration,
 }
 
+/// One node of several on one PostgreSQL (`[cluster]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's name, unique among the nodes (in `/health`, metrics
+    /// and the log).
+    pub node: String,
+    /// Where this node keeps the newest checkpoint published (the no-fork
+    /// guard), out of reach of a restored or failed-over database.
+    pub state_dir: PathBuf,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -109,6 +120,8 @@ pub struct BrokerConfig {
     pub console_listen: Option<SocketAddr>,
     /// How often the CRL file is checked for changes.
     pub crl_check_interval: Duration,
+    /// `None`: the only node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Every mistake found in a configuration file, each naming the file and,
@@ -178,6 +191,7 @@ struct ConfigFile {
     audit: AuditSection,
     admin: AdminSection,
     console: ConsoleSection,
+    cluster: ClusterSection,
 }
 
 /// `[gateway]`: the public listener and what one client or agency may hold.
@@ -334,6 +348,24 @@ impl Default for AdminSection {
     }
 }
 
+/// `[cluster]`: several nodes on one PostgreSQL. An empty `node` means
+/// this broker is the only one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClusterSection {
+    node: Spanned<String>,
+    state_dir: Spanned<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node: unwritten(String::new()),
+            state_dir: unwritten(String::new()),
+        }
+    }
+}
+
 /// `[console]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +411,14 @@ enum Invalid {
     Origin,
     #[error("url must start with sqlite:// or postgres://")]
     StoreUrl,
+    #[error(
+        "node must be 1 to 64 letters, digits, `-` or `_` (e.g. \"node-a\"), or empty for a single broker"
+    )]
+    NodeName,
+    #[error("state_dir must be set when node is: it keeps the newest published checkpoint")]
+    StateDir,
+    #[error("a cluster node needs a postgres:// [store] url: SQLite cannot be shared by nodes")]
+    ClusterStore,
 }
 
 /// The mistakes found so far in one file.
@@ -475,6 +515,20 @@ fn key_id(id: &str) -> Result<String, Invalid> {
     Ok(id.to_string())
 }
 
+fn node_name(node: &str) -> Result<Option<String>, Invalid> {
+    if node.is_empty() {
+        return Ok(None);
+    }
+    if node.len() > 64
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Invalid::NodeName);
+    }
+    Ok(Some(node.to_string()))
+}
+
 fn origin(origin: &str) -> Result<String, Invalid> {
     if origin.is_empty()
         || !origin.is_ascii()
@@ -537,6 +591,7 @@ impl ConfigFile {
             audit,
             admin,
             console,
+            cluster,
         } = self;
 
         let listen = m.check(&gateway.listen, address(DEFAULT_LISTEN));
@@ -600,6 +655,24 @@ impl ConfigFile {
             &tls.crl_check_interval_ms,
             positive_ms("crl_check_interval_ms"),
         );
+        let node = m.check(&cluster.node, node_name);
+        let cluster = match node {
+            Some(Some(node)) => {
+                let state_dir = m.check(&cluster.state_dir, |dir: &str| match dir {
+                    "" => Err(Invalid::StateDir),
+                    dir => Ok(base.join(dir)),
+                });
+                let on_postgres = store_url
+                    .as_deref()
+                    .is_none_or(|url| url.starts_with("postgres"));
+                if !on_postgres {
+                    m.check(&cluster.node, |_: &str| Err::<(), _>(Invalid::ClusterStore));
+                }
+                state_dir.map(|state_dir| Some(ClusterSettings { node, state_dir }))
+            }
+            Some(None) => Some(None),
+            None => None,
+        };
 
         let dev_pki = DevPkiLayout::new(base.join(DEV_PKI_DIR));
         let crl = match (&tls.ca, tls.crl) {
@@ -648,6 +721,7 @@ impl ConfigFile {
             admin_listen: admin_listen?,
             console_listen: console_listen?,
             crl_check_interval: crl_check_interval?,
+            cluster: cluster?,
         })
     }
 }
@@ -698,6 +772,7 @@ mod tests {
         let sections: Vec<(&str, Vec<&str>)> = vec![
             ("admin", keys_of::<AdminSection>()),
             ("audit", keys_of::<AuditSection>()),
+            ("cluster", keys_of::<ClusterSection>()),
             ("console", keys_of::<ConsoleSection>()),
             ("gateway", keys_of::<GatewaySection>()),
             ("policy", keys_of::<PolicySection>()),

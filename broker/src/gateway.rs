@@ -176,7 +176,7 @@ pub struct Gateway {
     tls: RwLock<Arc<ServerConfig>>,
     embedded: Arc<Embedded>,
     policy: Arc<PolicyHandle>,
-    limits: ConnectionLimits,
+    limits: Arc<ConnectionLimits>,
     settings: GatewaySettings,
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_id: AtomicU64,
@@ -213,7 +213,7 @@ impl Gateway {
         tls: Arc<ServerConfig>,
         embedded: Arc<Embedded>,
         policy: Arc<PolicyHandle>,
-        limits: ConnectionLimits,
+        limits: Arc<ConnectionLimits>,
         settings: GatewaySettings,
     ) -> Self {
         Self {

@@ -33,6 +33,7 @@
 pub mod admin;
 pub mod audit;
 pub mod client_ids;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod gateway;

@@ -76,6 +76,16 @@ pub struct Metrics {
     pub witness_quorum_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Entries between the newest checkpoint and the one each witness last cosigned (set when scraped).
     pub witness_lag_entries: Family<WitnessLabel, Gauge>,
+    /// Several nodes: 1 while this node may append and sign, 0 once the no-fork guard stopped it.
+    pub node_signing: Gauge,
+    /// Several nodes: 1 while this node holds the sequencing lock (set when scraped).
+    pub node_holds_sequence: Gauge,
+    /// Several nodes: shares handed off by other nodes and claimed here.
+    pub handoffs_claimed: Gauge,
+    /// Several nodes: seconds from recording to claim of the last handed-off share.
+    pub handoff_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Several nodes: handed-off shares waiting, per recipient.
+    pub handoff_queue: Family<AgencyLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,6 +117,11 @@ impl Metrics {
             witness_quorum_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             witness_quorum_age_seconds: Gauge::default(),
             witness_lag_entries: Family::default(),
+            node_signing: Gauge::default(),
+            node_holds_sequence: Gauge::default(),
+            handoffs_claimed: Gauge::default(),
+            handoff_lag_seconds: Gauge::default(),
+            handoff_queue: Family::default(),
             registry: Registry::default(),
         };
         registry.register("alerts_accepted", "Alerts accepted", m.accepted.clone());
@@ -182,6 +197,31 @@ impl Metrics {
             "witness_lag_entries",
             "Entries between the newest checkpoint and the one each witness last cosigned",
             m.witness_lag_entries.clone(),
+        );
+        registry.register(
+            "node_signing",
+            "1 while this node may append and sign; 0 once the no-fork guard stopped it (several nodes)",
+            m.node_signing.clone(),
+        );
+        registry.register(
+            "node_holds_sequence",
+            "1 while this node holds the log's sequencing lock (several nodes)",
+            m.node_holds_sequence.clone(),
+        );
+        registry.register(
+            "handoffs_claimed",
+            "Shares handed off by other nodes and delivered by this one (several nodes)",
+            m.handoffs_claimed.clone(),
+        );
+        registry.register(
+            "handoff_lag_seconds",
+            "Seconds from recording to delivery of the last handed-off share (several nodes)",
+            m.handoff_lag_seconds.clone(),
+        );
+        registry.register(
+            "handoff_queue",
+            "Handed-off shares waiting for a node that holds their recipient (several nodes)",
+            m.handoff_queue.clone(),
         );
         Self { registry, ..m }
     }

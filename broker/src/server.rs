@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::audit::subject::{SubjectError, SubjectHasher};
+use crate::cluster::{Cluster, ClusterHealth};
 use crate::config::BrokerConfig;
 use crate::console::{ConsoleState, ConsoleTls};
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, TlsFiles, server_config};
@@ -125,6 +126,9 @@ pub struct HealthReport {
     pub uptime_seconds: u64,
     /// The witnesses of the audit log and their cosignatures.
     pub witnessing: WitnessHealth,
+    /// This node's part, when it is one of several on one database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
 }
 
 /// The outcome of one part of a reload.
@@ -173,6 +177,8 @@ pub struct Control {
     metrics: Arc<Metrics>,
     witnesses: Arc<WitnessBoard>,
     health: watch::Receiver<DatabaseHealth>,
+    cluster: Option<Arc<Cluster>>,
+    store: Store,
     started: Instant,
     reloading: tokio::sync::Mutex<()>,
     console_tls: Option<Arc<ConsoleTls>>,
@@ -183,10 +189,14 @@ impl Control {
     pub async fn health(&self) -> HealthReport {
         let db = self.health.borrow().clone();
         let witnessing = self.witnesses.health();
+        let cluster = self.cluster.as_ref().map(|c| c.health(&self.store));
+        let halted = cluster.as_ref().is_some_and(|c| !c.signing);
         HealthReport {
-            ok: !db.down,
+            ok: !db.down && !halted,
             status: if db.down {
                 "down"
+            } else if halted {
+                "halted"
             } else if witnessing.ok() {
                 "ok"
             } else {
@@ -199,6 +209,7 @@ impl Control {
             audit_entries: self.metrics.audit_entries.get(),
             connections: self.gateway.open_connections().into_iter().collect(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            cluster,
         }
     }
 
@@ -215,6 +226,23 @@ impl Control {
         self.metrics
             .witness_quorum_age_seconds
             .set(witnessing.newest_quorum_age_seconds.unwrap_or(-1.0));
+        if let Some(cluster) = &self.cluster {
+            let health = cluster.health(&self.store);
+            let m = &self.metrics;
+            m.node_signing.set(i64::from(health.signing));
+            m.node_holds_sequence
+                .set(i64::from(!health.holds.is_empty()));
+            m.handoffs_claimed
+                .set(i64::try_from(health.handoffs_claimed).unwrap_or(i64::MAX));
+            m.handoff_lag_seconds
+                .set(health.handoff_lag_ms as f64 / 1000.0);
+            m.handoff_queue.clear();
+            for (agency, n) in health.handoff_queue {
+                m.handoff_queue
+                    .get_or_create(&AgencyLabel { agency })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         self.metrics.witness_lag_entries.clear();
         for row in &witnessing.witnesses {
             self.metrics
@@ -393,6 +421,18 @@ impl Broker {
 
         let metrics = Arc::new(Metrics::new());
         let witnesses = Arc::new(WitnessBoard::default());
+        let connections = Arc::new(ConnectionLimits::new(
+            config.connection_attempts_per_minute,
+            config.max_connections_per_agency,
+        ));
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let cluster = Arc::new(Cluster::open(settings)?);
+                info!(node = cluster.node(), database = %store.target_host(), "one node of several on this database");
+                Some(cluster)
+            }
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (commands, commands_rx) = mpsc::channel(16);
         let pipeline = Pipeline::new(
@@ -406,6 +446,8 @@ impl Broker {
                 commands: commands_rx,
                 metrics: metrics.clone(),
                 witnesses: witnesses.clone(),
+                connections: connections.clone(),
+                cluster: cluster.clone(),
             },
             config.router.clone(),
             config.audit.clone(),
@@ -416,10 +458,7 @@ impl Broker {
             tls,
             embedded.clone(),
             policy.clone(),
-            ConnectionLimits::new(
-                config.connection_attempts_per_minute,
-                config.max_connections_per_agency,
-            ),
+            connections,
             GatewaySettings {
                 // One limit for the gateway and rumqttd behind it.
                 max_packet_bytes: config.mqtt.max_packet_bytes,
@@ -445,6 +484,8 @@ impl Broker {
             metrics: metrics.clone(),
             witnesses,
             health: health_rx,
+            cluster,
+            store: store.clone(),
             started,
             reloading: tokio::sync::Mutex::new(()),
             console_tls: console_tls.clone(),
@@ -687,10 +728,13 @@ async fn watch_database(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let result = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+        // With standbys, a ping may also look for the new primary: a second
+        // per host more.
+        let limit = if store.has_standbys() { 6 } else { 2 };
+        let result = match tokio::time::timeout(Duration::from_secs(limit), store.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 2 s".to_string()),
+            Err(_) => Err(format!("no answer within {limit} s")),
         };
         let was_down = health.borrow().down;
         match result {

@@ -78,6 +78,23 @@ impl Appender {
         Ok(())
     }
 
+    /// Moves to a log of `next` entries read under the sequencing lock
+    /// (several nodes): if another node appended since this one last did,
+    /// the tree's frontier at that size and the last checkpoint are read
+    /// again. Never called with a draft in flight.
+    pub async fn sync_at(&mut self, store: &Store, next: u64) -> Result<(), StoreError> {
+        if !self.stale && next == self.next_index && next == self.committed.size() {
+            return Ok(());
+        }
+        let frontier = Frontier::load(store, next).await?;
+        self.checkpointed = store.latest_checkpoint().await?.map(|c| c.size);
+        self.next_index = next;
+        self.committed = frontier.clone();
+        self.frontier = frontier;
+        self.stale = false;
+        Ok(())
+    }
+
     /// A new draft continuing the log, its entries under `policy_version`.
     pub fn draft(&self, policy_version: &str) -> Draft {
         Draft {
@@ -129,6 +146,11 @@ impl Appender {
     /// reread before the next draft.
     pub fn failed(&mut self) {
         self.stale = true;
+    }
+
+    /// Whether the state must be reread (at start, after a failed commit).
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// Entries committed.

@@ -139,19 +139,19 @@ impl Pipeline {
     }
 
     pub(super) async fn record_start(&mut self) -> Result<(), StoreError> {
-        self.appender.sync(&self.store).await?;
+        let turn = self.turn().await?;
         let policy = self.policy.current();
         let mut draft = self.appender.draft(policy.version());
         self.record_policy(&policy, self.clock.now_ms(), &mut draft)
             .await?;
-        self.commit_now(draft).await?;
+        self.commit_now(turn, draft).await?;
         self.recorded_policy = Some(policy.version().to_string());
         Ok(())
     }
 
     /// Records a newly loaded policy version and every key it newly revokes.
     async fn record_policy_change(&mut self, previous: &PolicySet) -> Result<(), StoreError> {
-        self.appender.sync(&self.store).await?;
+        let turn = self.turn().await?;
         let policy = self.policy.current();
         let now = self.clock.now_ms();
         let mut draft = self.appender.draft(policy.version());
@@ -175,7 +175,7 @@ impl Pipeline {
             draft.key_revoked(now, key);
         }
         if !draft.is_empty() {
-            self.commit_now(draft).await?;
+            self.commit_now(turn, draft).await?;
             if record_load {
                 self.recorded_policy = Some(policy.version().to_string());
             }
@@ -186,7 +186,7 @@ impl Pipeline {
 
     /// Appends one `auditor_access` entry (and its subject row) and commits it.
     async fn record_access(&mut self, access: AccessRecord) -> Result<u64, StoreError> {
-        self.appender.sync(&self.store).await?;
+        let turn = self.turn().await?;
         let policy = self.policy.current();
         let mut draft = self.appender.draft(policy.version());
         let index = draft.auditor_access(
@@ -197,45 +197,81 @@ impl Pipeline {
             access.alert_id,
             access.subject_hash,
         );
-        self.commit_now(draft).await?;
+        self.commit_now(turn, draft).await?;
         Ok(index)
     }
 
     /// Signs, stores and publishes a checkpoint of the log as it is now,
-    /// unless the last one already covers every entry.
+    /// unless the last one already covers every entry. On a node of
+    /// several, under the sequencing lock (so it covers the log exactly as
+    /// it stands), only after the no-fork guard has found every published
+    /// checkpoint in the database's tree, and not when another node's
+    /// checkpoint already covers the log: that one is published here instead.
     pub(super) async fn checkpoint(&mut self) -> Result<u64, CommandError> {
-        self.appender.sync(&self.store).await?;
+        let mut turn = self.turn().await?;
+        if let Some(cluster) = self.cluster.clone() {
+            let size = self.appender.committed_size();
+            cluster.guard(&self.store, size).await?;
+            if let Some(newest) = self.store.latest_checkpoint().await? {
+                // Whoever signed the newest, the next one chains to it.
+                self.appender.checkpoint_stored(newest.size);
+                if newest.size >= size {
+                    self.publish_checkpoint(newest.size, newest.note, false)
+                        .await;
+                    return Ok(size);
+                }
+            }
+        }
         let Some(checkpoint) =
             self.appender
                 .checkpoint(&self.signer, &self.audit.origin, self.clock.now_ms())?
         else {
             return Ok(self.appender.committed_size());
         };
-        self.store.insert_checkpoint(&checkpoint).await?;
+        match turn.0.take() {
+            Some((mut append, _holding)) => {
+                self.store.checkpoint_in(&mut append, &checkpoint).await?;
+                self.store
+                    .finish_append(append, &Default::default())
+                    .await?;
+            }
+            None => self.store.insert_checkpoint(&checkpoint).await?,
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.signed(&checkpoint)?;
+        }
         let size = checkpoint.size;
         self.appender.checkpoint_stored(size);
+        info!(size, root = %hex::encode(checkpoint.root), "audit checkpoint signed and published");
+        self.publish_checkpoint(size, checkpoint.note, true).await;
+        Ok(size)
+    }
+
+    /// Publishes a checkpoint to every agency of the policy (their
+    /// connections on this node) and to the witness coordinator, unless it
+    /// has been already; `signed_here` says whether this node signed it.
+    async fn publish_checkpoint(&mut self, size: u64, note: String, signed_here: bool) {
+        let known = self.heads.borrow().as_ref().map(|h| h.size);
+        if !signed_here && known.is_some_and(|k| k >= size) {
+            return;
+        }
         let policy = self.policy.current();
         for agency in policy.agencies().keys() {
             self.outbox
-                .send(
-                    topics::checkpoint(agency),
-                    checkpoint.note.clone().into_bytes(),
-                )
+                .send(topics::checkpoint(agency), note.clone().into_bytes())
                 .await;
         }
-        info!(size, root = %hex::encode(checkpoint.root), "audit checkpoint signed and published");
         self.heads.send_replace(Some(Arc::new(SignedHead {
             size,
-            note: checkpoint.note,
+            note,
             signed: Instant::now(),
         })));
-        Ok(size)
     }
 
     /// Purges alert content past its retention period, with one audit entry
     /// per alert type purged, in one transaction.
     async fn purge(&mut self) -> Result<(u64, u64), StoreError> {
-        self.appender.sync(&self.store).await?;
+        let turn = self.turn().await?;
         let policy = self.policy.current();
         let now = self.clock.now_ms();
         let mut draft = self.appender.draft(policy.version());
@@ -255,7 +291,7 @@ impl Pipeline {
             draft.retention_purge(now, alert_type, cutoff, days, (a, d));
         }
         if !draft.is_empty() {
-            self.commit_now(draft).await?;
+            self.commit_now(turn, draft).await?;
             info!(
                 alerts,
                 deliveries, "content past its retention period purged"

@@ -48,6 +48,7 @@ use tracing::{error, info, warn};
 pub mod acks;
 pub mod check;
 mod commands;
+mod handoff;
 pub mod intake;
 pub mod record;
 mod replay;
@@ -63,12 +64,14 @@ use crate::audit::EntryKind;
 use crate::audit::appender::{Appender, Draft, Sealed};
 use crate::audit::subject::SubjectHasher;
 use crate::audit::tree::Frontier;
+use crate::cluster::{Cluster, Sequencing};
 use crate::config::AuditSettings;
+use crate::limits::ConnectionLimits;
 use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
 use crate::policy::{PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
-use crate::store::{Commit, KnownAlert, Store, StoreError};
+use crate::store::{Append, Commit, KnownAlert, Store, StoreError};
 use crate::witness::{Coordinator, SignedHead, WitnessBoard};
 
 /// The topic filters the pipeline subscribes to.
@@ -135,6 +138,10 @@ pub struct PipelineParts {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where the witness coordinator shows what it knows.
     pub witnesses: Arc<WitnessBoard>,
+    /// The agencies connected to this node (the gateway's count).
+    pub connections: Arc<ConnectionLimits>,
+    /// This node's part, when it is one of several on one database.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// The publish limits of the policy version they were built from.
@@ -184,7 +191,16 @@ pub struct Pipeline {
     /// Each new checkpoint, for the witness coordinator.
     heads: watch::Sender<Option<Arc<SignedHead>>>,
     witnesses: Arc<WitnessBoard>,
+    connections: Arc<ConnectionLimits>,
+    /// Several nodes: every append takes the sequencing lock, no batch is
+    /// built before it has it, and shares for agencies connected elsewhere
+    /// are handed off.
+    cluster: Option<Arc<Cluster>>,
 }
+
+/// The right to append, from [`Pipeline::turn`]: on a single broker the
+/// appender's own position; on a node of several, the sequencing lock.
+pub(super) struct Turn(Option<(Append, Sequencing)>);
 
 /// A batch being committed by a task of its own, which sends the batch's
 /// deliveries and receipts once the transaction has committed. The pipeline
@@ -223,6 +239,8 @@ impl Pipeline {
             commands,
             metrics,
             witnesses,
+            connections,
+            cluster,
         } = parts;
         let outbox = Outbox::spawn(link.tx);
         let replays = Replays::new(
@@ -251,16 +269,40 @@ impl Pipeline {
             in_flight: None,
             heads: watch::channel(None).0,
             witnesses,
+            connections,
+            cluster,
         }
     }
 
-    /// Commits a draft made outside the batch pipeline (policy, purge,
-    /// access) and waits for it; the appender moves on only if it
-    /// committed. Never called with a batch in flight.
-    async fn commit_now(&mut self, draft: Draft) -> Result<(), StoreError> {
+    /// Takes the right to append. On a node of several: waits for the
+    /// sequencing lock, moves the appender to the log's size read under it
+    /// and, after a failure or at start, checks the no-fork guard first.
+    pub(super) async fn turn(&mut self) -> Result<Turn, StoreError> {
+        let Some(cluster) = self.cluster.clone() else {
+            self.appender.sync(&self.store).await?;
+            return Ok(Turn(None));
+        };
+        if let Some(reason) = cluster.halted() {
+            return Err(StoreError::Forked(reason));
+        }
+        let append = self.store.begin_append().await?;
+        let holding = cluster.sequencing();
+        if self.appender.is_stale() {
+            cluster.guard(&self.store, append.next()).await?;
+        }
+        self.appender.sync_at(&self.store, append.next()).await?;
+        Ok(Turn(Some((append, holding))))
+    }
+
+    /// Seals `draft` and commits it in `turn`.
+    async fn commit_in(&mut self, turn: Turn, draft: Draft) -> Result<Sealed, StoreError> {
         let sealed = self.appender.seal(draft)?;
         let started = Instant::now();
-        if let Err(e) = self.store.commit(&sealed.commit).await {
+        let result = match turn.0 {
+            Some((append, _holding)) => self.store.finish_append(append, &sealed.commit).await,
+            None => self.store.commit(&sealed.commit).await,
+        };
+        if let Err(e) = result {
             self.metrics.failed_commits.inc();
             self.appender.failed();
             return Err(e);
@@ -270,8 +312,15 @@ impl Pipeline {
             .observe(started.elapsed().as_secs_f64());
         count_commit(&self.metrics, &sealed.commit, sealed.next);
         self.appender.launched(sealed.next, &sealed.frontier);
-        self.appender.committed(sealed.frontier);
-        Ok(())
+        self.appender.committed(sealed.frontier.clone());
+        Ok(sealed)
+    }
+
+    /// Commits a draft made outside the batch pipeline (policy, purge,
+    /// access) in `turn` and waits for it; the appender moves on only if it
+    /// committed. Never called with a batch in flight.
+    async fn commit_now(&mut self, turn: Turn, draft: Draft) -> Result<(), StoreError> {
+        self.commit_in(turn, draft).await.map(drop)
     }
 
     /// Waits for the batch in flight. False if it did not commit: its
@@ -375,6 +424,18 @@ impl Pipeline {
         );
         let coordinator =
             tokio::spawn(coordinator.run(self.heads.subscribe(), answers_rx, shutdown.clone()));
+        let handoffs = self.cluster.clone().map(|cluster| {
+            tokio::spawn(
+                handoff::HandoffWorker {
+                    store: self.store.clone(),
+                    outbox: self.outbox.clone(),
+                    connections: self.connections.clone(),
+                    cluster,
+                    clock: self.clock.clone(),
+                }
+                .run(shutdown.clone()),
+            )
+        });
         let (intake, mut queue) = intake::spawn(
             rx,
             self.settings.batch_max * intake::INTAKE_BATCHES,
@@ -408,11 +469,17 @@ impl Pipeline {
             warn!(error = %e, "no final checkpoint at shutdown");
         }
         coordinator.abort();
+        if let Some(handoffs) = handoffs {
+            handoffs.abort();
+        }
         info!("pipeline stopped");
         result
     }
 
     async fn process(&mut self, batch: Vec<Inbound>) {
+        if self.cluster.is_some() {
+            return self.process_sequenced(batch).await;
+        }
         if let Err(e) = self.appender.sync(&self.store).await {
             error!(error = %e, messages = batch.len(), "database unavailable: nothing of this batch is recorded or answered (publishers will resend)");
             return;
@@ -430,21 +497,7 @@ impl Pipeline {
             return;
         }
 
-        // Parse alerts (no signature work yet); collect acks and replays.
-        let mut alerts = Vec::new();
-        let mut acks = Vec::new();
-        let mut replays = Vec::new();
-        for inbound in batch {
-            match inbound {
-                Inbound::Alert {
-                    tenant,
-                    logical,
-                    payload,
-                } => alerts.push(Arrived::new(tenant, logical, payload)),
-                Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
-                Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
-            }
-        }
+        let (alerts, acks, replays) = split(batch);
         let keys: Vec<(String, String)> = alerts.iter().filter_map(Arrived::key).collect();
         let known = match self.known_alerts(&keys).await {
             Ok(k) => k,
@@ -528,9 +581,21 @@ impl Pipeline {
         if policy_recorded {
             self.recorded_policy = Some(policy.version().to_string());
         }
+        self.count_batch(&recorded, messages);
+        let answers = Answers {
+            deliveries: recorded.deliveries,
+            receipts: recorded.receipts,
+            known: recorded.known,
+        };
+        self.launch(sealed, answers);
+        self.replay(&acked, replays).await;
+    }
+
+    /// Counts what a batch decided.
+    fn count_batch(&self, recorded: &Recorded, messages: usize) {
         self.metrics.accepted.inc_by(recorded.accepted);
         self.metrics.resent.inc_by(recorded.resent);
-        for code in recorded.rejected {
+        for code in &recorded.rejected {
             self.metrics
                 .rejected
                 .get_or_create(&crate::metrics::CodeLabel {
@@ -539,21 +604,162 @@ impl Pipeline {
                 .inc();
         }
         self.metrics.batch_size.observe(messages as f64);
-        let answers = Answers {
-            deliveries: recorded.deliveries,
-            receipts: recorded.receipts,
-            known: recorded.known,
-        };
-        self.launch(sealed, answers);
+    }
+
+    /// Opens replay windows for a batch's acknowledgements, starts the
+    /// replays it asked for, and sends what the windows allow.
+    async fn replay(&mut self, acked: &[acks::Verified], replays: Vec<(String, bytes::Bytes)>) {
         // A verified acknowledgement shows what the recipient has taken,
         // whether or not it commits; it only opens the replay's window.
-        for ack in &acked {
+        for ack in acked {
             self.replays.acked(&ack.tenant, &ack.share_ids);
         }
         for (tenant, payload) in replays {
+            // A replay reads every unacknowledged share from the queue:
+            // the ones handed off to this agency need not be sent twice.
+            if self.cluster.is_some()
+                && let Err(e) = self.store.drop_handoffs(&tenant).await
+            {
+                warn!(error = %e, agency = %tenant, "handed-off shares kept (they may arrive twice; the SDK drops the copy)");
+            }
             self.replays.start(&tenant, &payload);
         }
         self.replays.pace().await;
+    }
+
+    /// A batch on a node of several. It is checked (signatures, policy)
+    /// before the sequencing lock is taken, numbered, signed and committed
+    /// under it, and answered after. No batch stays in flight across
+    /// another: the next one's indices depend on what the other nodes
+    /// append meanwhile. Shares for agencies with no connection here are
+    /// handed off, in the same transaction, to the node that holds them.
+    async fn process_sequenced(&mut self, batch: Vec<Inbound>) {
+        let now = self.clock.now_ms();
+        let policy = self.policy.current();
+        let limits = self.limits.refresh(&policy);
+        let messages = batch.len();
+        let (alerts, acks, replays) = split(batch);
+        let keys: Vec<(String, String)> = alerts.iter().filter_map(Arrived::key).collect();
+        let known = match self.store.known_alerts(&keys).await {
+            Ok(k) => k,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
+        let context = CheckContext {
+            policy: policy.clone(),
+            max_payload_bytes: self.settings.max_payload_bytes,
+            max_clock_skew_ms: self.settings.max_clock_skew_ms,
+            limits,
+            now,
+        };
+        let ack_clock = (now, self.settings.max_clock_skew_ms);
+        let checked = tokio::task::spawn_blocking(move || {
+            let outcomes = check::check(&context, alerts, &known);
+            let acked = acks::verify_all(&context.policy, acks, ack_clock);
+            (outcomes, acked)
+        })
+        .await;
+        let Ok((outcomes, acked)) = checked else {
+            error!("checking a batch failed: nothing of it is answered (publishers will resend)");
+            return;
+        };
+
+        let turn = match self.turn().await {
+            Ok(t) => t,
+            Err(e) => {
+                error!(error = %e, messages, "nothing of this batch is recorded or answered (fail closed; publishers will resend)");
+                return;
+            }
+        };
+        let mut draft = self.appender.draft(policy.version());
+        if self.recorded_policy.as_deref() != Some(policy.version())
+            && let Err(e) = self.record_policy(&policy, now, &mut draft).await
+        {
+            error!(error = %e, "database unavailable: batch dropped (fail closed)");
+            return;
+        }
+        let recorder = Recorder {
+            policy: policy.clone(),
+            signer: self.signer.clone(),
+            subjects: self.subjects.clone(),
+            now,
+        };
+        let recorded = tokio::task::spawn_blocking(move || {
+            let recorded = recorder.record(&outcomes, &mut draft);
+            (recorded, draft)
+        })
+        .await;
+        let Ok((recorded, mut draft)) = recorded else {
+            error!("recording a batch failed: nothing of it is answered (publishers will resend)");
+            return;
+        };
+        let pending = match acks::pending(&self.store, &acked).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                return;
+            }
+        };
+        acks::record(&acked, &pending, now, &HashSet::new(), &mut draft);
+        let here = self.connected_here();
+        let mut elsewhere: Vec<String> = Vec::new();
+        for d in &draft.commit.deliveries {
+            if !here.contains(&d.recipient) {
+                draft.commit.handoffs.push(d.audit_idx);
+                if !elsewhere.contains(&d.recipient) {
+                    elsewhere.push(d.recipient.clone());
+                }
+            }
+        }
+        let policy_recorded = draft
+            .commit
+            .audit
+            .iter()
+            .any(|e| e.kind == EntryKind::PolicyLoaded);
+        if let Err(e) = self.commit_in(turn, draft).await {
+            error!(error = %e, messages, "commit failed: nothing of that batch was answered (publishers will resend)");
+            self.recorded_policy = None;
+            return;
+        }
+        if policy_recorded {
+            self.recorded_policy = Some(policy.version().to_string());
+        }
+        // Wake the nodes holding the recipients, after the commit and
+        // outside it (a notifying commit takes a lock of its own); their
+        // poll finds the shares if this is lost.
+        if !elsewhere.is_empty() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.notify_handoffs(&elsewhere).await {
+                    warn!(error = %e, "handoff notification not sent (the nodes' poll finds the shares)");
+                }
+            });
+        }
+        self.count_batch(&recorded, messages);
+        for (topic, payload) in recorded.deliveries {
+            self.outbox.send(topic, payload).await;
+        }
+        for (tenant, receipt) in recorded.receipts {
+            self.outbox.send(topics::receipts(&tenant), receipt).await;
+        }
+        if self.appender.since_checkpoint() >= self.audit.checkpoint_every_entries
+            && let Err(e) = self.checkpoint().await
+        {
+            error!(error = %e, "could not sign a checkpoint");
+        }
+        self.replay(&acked, replays).await;
+    }
+
+    /// The agencies with a connection on this node.
+    fn connected_here(&self) -> HashSet<String> {
+        self.connections
+            .open_connections()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(agency, _)| agency)
+            .collect()
     }
 
     /// Alerts accepted earlier, by (publisher, alert id): committed ones
@@ -572,6 +778,32 @@ impl Pipeline {
         }
         Ok(known)
     }
+}
+
+/// A batch's alerts (parsed, no signature work yet), acknowledgements and
+/// replay requests.
+type Split = (
+    Vec<Arrived>,
+    Vec<(String, bytes::Bytes)>,
+    Vec<(String, bytes::Bytes)>,
+);
+
+fn split(batch: Vec<Inbound>) -> Split {
+    let mut alerts = Vec::new();
+    let mut acks = Vec::new();
+    let mut replays = Vec::new();
+    for inbound in batch {
+        match inbound {
+            Inbound::Alert {
+                tenant,
+                logical,
+                payload,
+            } => alerts.push(Arrived::new(tenant, logical, payload)),
+            Inbound::Ack { tenant, payload } => acks.push((tenant, payload)),
+            Inbound::Replay { tenant, payload } => replays.push((tenant, payload)),
+        }
+    }
+    (alerts, acks, replays)
 }
 
 /// Counts a committed commit; `next` is the log's size after it.

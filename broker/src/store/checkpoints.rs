@@ -37,13 +37,7 @@ pub struct StoredCheckpoint {
 impl Store {
     /// Stores a signed checkpoint.
     pub async fn insert_checkpoint(&self, cp: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO checkpoints (size, root, at_ms, note) VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING")
-            .bind(to_i64(cp.size))
-            .bind(cp.root.to_vec())
-            .bind(cp.at_ms)
-            .bind(cp.note.clone())
-            .execute(&self.writer)
-            .await?;
+        insert_checkpoint(cp).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -166,4 +160,15 @@ fn decode_checkpoint(row: &AnyRow) -> Result<StoredCheckpoint, StoreError> {
         at_ms: row.try_get("at_ms")?,
         note: row.try_get("note")?,
     })
+}
+
+/// The statement that stores `cp` (once per size).
+pub(super) fn insert_checkpoint(
+    cp: &StoredCheckpoint,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query("INSERT INTO checkpoints (size, root, at_ms, note) VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING")
+        .bind(to_i64(cp.size))
+        .bind(cp.root.to_vec())
+        .bind(cp.at_ms)
+        .bind(cp.note.clone())
 }

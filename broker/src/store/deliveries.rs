@@ -17,11 +17,11 @@ pub(super) const DELIVERY_COLUMNS: &str =
 /// A delivery joined with what rebuilds its message: the share's entry and
 /// the alert's signed envelope and field values. Only a share with both its
 /// field values and its stamp can be sent again.
-const JOINED: &str = "FROM deliveries d JOIN audit_entries e ON e.idx = d.audit_idx \
+pub(super) const JOINED: &str = "FROM deliveries d JOIN audit_entries e ON e.idx = d.audit_idx \
      LEFT JOIN alerts a ON a.publisher = e.publisher AND a.alert_id = e.alert_id";
 
 /// The columns of [`JOINED`] that [`decode_joined`] reads.
-fn joined_columns() -> String {
+pub(super) fn joined_columns() -> String {
     let entry: Vec<String> = AUDIT_COLUMNS
         .split(", ")
         .map(|c| format!("e.{c}"))
@@ -34,17 +34,17 @@ fn joined_columns() -> String {
 }
 
 /// A delivery as stored, with its stamp and message rebuilt.
-struct Joined {
-    entry: AuditEntry,
-    audit_idx: i64,
-    recipient: String,
-    share_id: String,
-    created_at_ms: i64,
-    stamp: Option<Signed>,
-    payload: Option<Vec<u8>>,
+pub(super) struct Joined {
+    pub(super) entry: AuditEntry,
+    pub(super) audit_idx: i64,
+    pub(super) recipient: String,
+    pub(super) share_id: String,
+    pub(super) created_at_ms: i64,
+    pub(super) stamp: Option<Signed>,
+    pub(super) payload: Option<Vec<u8>>,
 }
 
-fn decode_joined(row: &AnyRow) -> Result<Joined, StoreError> {
+pub(super) fn decode_joined(row: &AnyRow) -> Result<Joined, StoreError> {
     let entry = decode_audit(row)?;
     let key_id: Option<String> = row.try_get("stamp_key_id")?;
     let signature: Option<Vec<u8>> = row.try_get("stamp_signature")?;

@@ -77,7 +77,7 @@ impl Backend {
     /// The migrations, in order; a database created by an older broker gets
     /// the ones it lacks at the next start.
     pub(super) fn migrator(self) -> Migrator {
-        let files: [(&'static str, &'static str); 4] = match self {
+        let files: [(&'static str, &'static str); 5] = match self {
             Backend::Sqlite => [
                 (
                     "init",
@@ -94,6 +94,10 @@ impl Backend {
                 (
                     "compact",
                     include_str!("../../migrations/sqlite/0004_compact.sql"),
+                ),
+                (
+                    "cluster",
+                    include_str!("../../migrations/sqlite/0005_cluster.sql"),
                 ),
             ],
             Backend::Postgres => [
@@ -112,6 +116,10 @@ impl Backend {
                 (
                     "compact",
                     include_str!("../../migrations/postgres/0004_compact.sql"),
+                ),
+                (
+                    "cluster",
+                    include_str!("../../migrations/postgres/0005_cluster.sql"),
                 ),
             ],
         };

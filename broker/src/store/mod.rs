@@ -15,20 +15,25 @@
 //! replay), `retention` (purges), `checkpoints` (signed tree heads and
 //! cosignatures) and [`console`] (the auditor console's searches).
 
-use std::sync::Once;
+use std::str::FromStr;
+use std::sync::{Arc, Once, RwLock};
 use std::time::Duration;
 
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use thiserror::Error;
+use tracing::warn;
 
 mod audit;
 mod checkpoints;
 pub mod console;
 mod deliveries;
 mod dialect;
+mod handoffs;
+pub mod hosts;
 mod records;
 mod retention;
+mod sequence;
 mod tree;
 mod upgrade;
 mod write;
@@ -37,7 +42,9 @@ pub use audit::{AuditFilter, StoredAlert};
 pub use checkpoints::{StoredCheckpoint, StoredCosignature};
 pub use deliveries::{PendingDelivery, QueuePosition, ReplayDelivery, StoredDelivery};
 pub use dialect::Backend;
+pub use handoffs::{HANDOFF_CHANNEL, Handoff};
 pub use retention::Purge;
+pub use sequence::Append;
 pub use write::{AckUpdate, AlertRow, Commit, DeliveryRow, KnownAlert, PolicyArchive};
 
 // Shared with the console's reads.
@@ -61,6 +68,13 @@ pub enum StoreError {
     /// A stored row does not decode (tampered or corrupt).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The no-fork guard stopped this node: the database does not contain
+    /// the newest published checkpoint (`cluster.rs`).
+    #[error("appends and signatures stopped by the no-fork guard: {0}")]
+    Forked(String),
+    /// None of the database's hosts accepts writes (a failover is under way).
+    #[error("no writable PostgreSQL primary: {0}")]
+    NoPrimary(String),
 }
 
 /// The database.
@@ -76,6 +90,11 @@ pub struct Store {
     /// and so did each checkpoint stored from the read pool.
     writer: AnyPool,
     backend: Backend,
+    /// The single-host URLs of the database (one, unless the URL lists a
+    /// primary and its standbys).
+    hosts: Arc<Vec<String>>,
+    /// The one of `hosts` written to.
+    target: Arc<RwLock<String>>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -85,8 +104,10 @@ impl Store {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = Backend::of_url(url)?;
+        let hosts = hosts::hosts_of(url);
         let url = match backend {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            Backend::Postgres if hosts.len() > 1 => hosts::find_primary(&hosts).await?,
             _ => url.to_string(),
         };
         let pool = AnyPoolOptions::new()
@@ -113,7 +134,43 @@ impl Store {
             pool,
             writer,
             backend,
+            hosts: Arc::new(hosts),
+            target: Arc::new(RwLock::new(url)),
         })
+    }
+
+    /// `host:port` of the database written to.
+    pub fn target_host(&self) -> String {
+        match self.target.read() {
+            Ok(url) => hosts::host_of(&url),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Whether the URL lists several hosts (a primary and its standbys).
+    pub fn has_standbys(&self) -> bool {
+        self.hosts.len() > 1
+    }
+
+    /// Points every new connection at the host that now accepts writes, if
+    /// that is no longer the one written to. Connections to the old one
+    /// fail on their next use and are replaced.
+    async fn follow_primary(&self) -> Result<(), StoreError> {
+        let primary = hosts::find_primary(&self.hosts).await?;
+        let changed = match self.target.write() {
+            Ok(mut target) if *target != primary => {
+                *target = primary.clone();
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let options = AnyConnectOptions::from_str(&primary)?;
+            self.pool.set_connect_options(options.clone());
+            self.writer.set_connect_options(options);
+            warn!(primary = %hosts::host_of(&primary), "the database primary changed: writing to the new one");
+        }
+        Ok(())
     }
 
     /// Which database this is.
@@ -127,10 +184,25 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers and, when it has standbys, whether the
+    /// host written to still accepts writes; if not, finds the one that
+    /// does (a failover), or fails while none does.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        if !self.has_standbys() {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            return Ok(());
+        }
+        let in_recovery = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT CASE WHEN pg_is_in_recovery() THEN 1 ELSE 0 END AS r")
+                .fetch_one(&self.pool),
+        )
+        .await;
+        match in_recovery {
+            Ok(Ok(row)) if sqlx::Row::try_get::<i32, _>(&row, "r").ok() == Some(0) => Ok(()),
+            // Down, in recovery or not answering: look for the writable one.
+            _ => self.follow_primary().await,
+        }
     }
 
     /// Copies committed pages from SQLite's write-ahead log into the

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{Any, AssertSqlSafe, Row};
 
 use super::audit::AUDIT_COLUMNS;
 use super::deliveries::DELIVERY_COLUMNS;
@@ -80,6 +80,9 @@ pub struct Commit {
     pub purges: Vec<Purge>,
     /// A policy version to archive (if it is not yet).
     pub policy: Option<PolicyArchive>,
+    /// The deliveries (by audit index) whose recipient has no connection on
+    /// this node: another node that holds one claims them.
+    pub handoffs: Vec<u64>,
 }
 
 impl Commit {
@@ -198,13 +201,24 @@ impl Store {
         if c.is_empty() {
             return Ok(());
         }
-        let b = self.backend;
         let mut tx = self.writer.begin().await?;
+        self.write(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the rows of `c` in the open transaction `tx`.
+    pub(super) async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Any>,
+        c: &Commit,
+    ) -> Result<(), StoreError> {
+        let b = self.backend;
         let mut script = Script::new(b);
         let ranges = alert_entry_ranges(c)?;
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             &format!("INSERT INTO alerts ({ALERT_COLUMNS})"),
             14,
             &c.alerts,
@@ -232,7 +246,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             &format!("INSERT INTO audit_entries ({AUDIT_COLUMNS})"),
             21,
             &c.audit,
@@ -264,7 +278,7 @@ impl Store {
         let day_counts = console::day_counts(&c.audit);
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             "INSERT INTO audit_day_counts (day, kind, publisher, recipient, legal_basis, n)| \
              ON CONFLICT (day, kind, publisher, recipient, legal_basis) \
              DO UPDATE SET n = audit_day_counts.n + excluded.n",
@@ -282,7 +296,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             &format!("INSERT INTO deliveries ({DELIVERY_COLUMNS})"),
             6,
             &c.deliveries,
@@ -307,7 +321,7 @@ impl Store {
         }
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             "INSERT INTO ack_messages (first_idx, message)",
             2,
             &messages,
@@ -331,7 +345,7 @@ impl Store {
                     placeholders_after(b, 2, chunk.len())
                 );
                 script
-                    .add(&mut tx, &sql, |binds| {
+                    .add(tx, &sql, |binds| {
                         let mut binds = binds.bind(*at_ms).bind(recipient.to_string());
                         for id in chunk {
                             binds = binds.bind(id.to_string());
@@ -344,14 +358,14 @@ impl Store {
         let tree_rows = tree_rows(&c.tree_hashes);
         insert_rows(
             &mut script,
-            &mut tx,
+            tx,
             "INSERT INTO tree_hashes (first_idx, hashes)",
             2,
             &tree_rows,
             |q, (first, hashes)| q.bind(to_i64(*first)).bind(hashes.clone()),
         )
         .await?;
-        insert_rows(&mut script, &mut tx, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
+        insert_rows(&mut script, tx, "INSERT INTO audit_subjects (subject_hash, idx)| ON CONFLICT (subject_hash, idx) DO NOTHING", 2, &c.subjects, |q, (hash, idx)| {
             q.bind(hash.clone()).bind(to_i64(*idx))
         })
         .await?;
@@ -361,7 +375,7 @@ impl Store {
                 placeholders(b, 1, 3)
             );
             script
-                .add(&mut tx, &sql, |binds| {
+                .add(tx, &sql, |binds| {
                     binds
                         .bind(p.version.clone())
                         .bind(p.at_ms)
@@ -369,11 +383,28 @@ impl Store {
                 })
                 .await?;
         }
-        script.run(&mut tx).await?;
+        let handoffs: Vec<&DeliveryRow> = c
+            .deliveries
+            .iter()
+            .filter(|d| c.handoffs.contains(&d.audit_idx))
+            .collect();
+        insert_rows(
+            &mut script,
+            tx,
+            "INSERT INTO delivery_handoffs (audit_idx, recipient, created_at_ms)",
+            3,
+            &handoffs,
+            |q, d| {
+                q.bind(to_i64(d.audit_idx))
+                    .bind(d.recipient.clone())
+                    .bind(d.created_at_ms)
+            },
+        )
+        .await?;
+        script.run(tx).await?;
         for p in &c.purges {
-            p.apply(&mut tx).await?;
+            p.apply(tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }

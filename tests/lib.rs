@@ -16,6 +16,7 @@ use samverkan_broker::server::Broker;
 use tokio::net::TcpListener;
 
 pub mod fill;
+pub mod pg_cluster;
 
 /// The repository's policy set.
 pub fn shipped_policies() -> PathBuf {

@@ -834,6 +834,49 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_needs_a_name_a_state_directory_and_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        let url = "[store]\nurl = \"postgres://s@db1:5432,db2:5432/samverkan\"\n";
+        std::fs::write(
+            &file,
+            format!("{url}[cluster]\nnode = \"node-a\"\nstate_dir = \"state/a\"\n"),
+        )
+        .unwrap();
+        let config = BrokerConfig::load(&file).unwrap();
+        assert_eq!(
+            config.cluster,
+            Some(ClusterSettings {
+                node: "node-a".into(),
+                state_dir: dir.path().join("state/a"),
+            })
+        );
+        assert_eq!(BrokerConfig::development(dir.path()).cluster, None);
+
+        let mistakes = |text: &str| -> Vec<String> {
+            std::fs::write(&file, text).unwrap();
+            BrokerConfig::load(&file)
+                .unwrap_err()
+                .problems
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        let found = mistakes(&format!("{url}[cluster]\nnode = \"node a\"\n"));
+        assert!(
+            found[0].contains("samverkan.toml:4:") && found[0].contains("node must be"),
+            "{found:?}"
+        );
+        let found = mistakes(&format!("{url}[cluster]\nnode = \"node-a\"\n"));
+        assert!(found[0].contains("state_dir must be set"), "{found:?}");
+        let found = mistakes("[cluster]\nnode = \"node-a\"\nstate_dir = \"s\"\n");
+        assert!(
+            found[0].contains("samverkan.toml:2:") && found[0].contains("SQLite cannot be shared"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn defaults_and_mistakes() {
         let dev = BrokerConfig::development(Path::new("/srv"));
         assert_eq!(dev.listen.port(), 8883);

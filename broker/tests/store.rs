@@ -136,6 +136,8 @@ on_both_backends!(
     retention_purges_content_and_keeps_evidence,
     known_alerts_find_resends,
     a_store_of_migration_3_is_converted,
+    appends_from_two_stores_follow_one_another,
+    handed_off_shares_are_claimed_once_by_their_recipients_node,
 );
 
 const VERSION: &str = "0123456789abcdef";
@@ -1476,4 +1478,114 @@ async fn a_store_of_migration_3_is_converted(backend: Backend) {
             None
         );
     }
+}
+
+/// Two stores on one database, as two nodes: an append waits for the other
+/// store's append to end and continues the log after it; a draft that does
+/// not continue the log is refused and writes nothing.
+async fn appends_from_two_stores_follow_one_another(backend: Backend) {
+    let (db, a) = open(backend).await;
+    let b = Store::open(&db.url).await.unwrap();
+    let mut log = Log::new();
+    log.policy_loaded(T0);
+    let first = a.begin_append().await.unwrap();
+    assert_eq!(first.next(), 0);
+    let other = b.clone();
+    let mut second = tokio::spawn(async move { other.begin_append().await });
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a second append began while the first was open"
+    );
+    a.finish_append(first, &log.commit).await.unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(
+        second.next(),
+        1,
+        "the second append continues after the first"
+    );
+
+    let mut stale = Log::new();
+    stale.policy_loaded(T0);
+    let refused = b.finish_append(second, &stale.commit).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("does not continue a log of 1 entries"),
+        "{refused}"
+    );
+    assert_eq!(a.next_audit_index().await.unwrap(), 1);
+    b.close().await;
+}
+
+/// Shares handed off in a commit are claimed by the node holding their
+/// recipient: each once, only for the recipients asked, not when already
+/// acknowledged, exactly as first sent; a replay's start drops the rest.
+async fn handed_off_shares_are_claimed_once_by_their_recipients_node(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut log = Log::new();
+    log.policy_loaded(T0);
+    let mut alerts = Vec::new();
+    for i in 0..4u64 {
+        alerts.push(log.accept(
+            T0 + i as i64,
+            "forsakringskassan",
+            &format!("h-{i}"),
+            "welfare.incorrect_payment",
+            &["polisen", "linkoping"],
+            &[],
+            &person(i),
+        ));
+    }
+    log.commit.handoffs = log.commit.deliveries.iter().map(|d| d.audit_idx).collect();
+    log.commit(&store).await;
+    let depths = store.handoff_depths().await.unwrap();
+    assert_eq!(
+        depths,
+        [("linkoping".to_string(), 4), ("polisen".to_string(), 4)]
+    );
+
+    // Polisen acknowledges its first share before it is claimed.
+    assert_eq!(alerts[0].shares[0].1, "polisen");
+    log.ack(T0 + 100, &alerts[0], "polisen");
+    log.commit(&store).await;
+
+    let claimed = store
+        .claim_handoffs(&["polisen".to_string()], 2)
+        .await
+        .unwrap();
+    let rest = store
+        .claim_handoffs(&["polisen".to_string(), "skatteverket".to_string()], 10)
+        .await
+        .unwrap();
+    let payloads: Vec<&[u8]> = claimed
+        .iter()
+        .chain(&rest)
+        .map(|h| h.payload.as_slice())
+        .collect();
+    let expected: Vec<&[u8]> = alerts[1..]
+        .iter()
+        .map(|a| a.shares[0].3.as_slice())
+        .collect();
+    assert_eq!(
+        payloads, expected,
+        "polisen's unacknowledged shares, each once, in order"
+    );
+    assert!(
+        claimed
+            .iter()
+            .chain(&rest)
+            .all(|h| h.recipient == "polisen" && h.topic == "welfare/incorrect-payment/ost")
+    );
+    assert!(
+        store
+            .claim_handoffs(&["polisen".to_string()], 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claimed share is claimed again"
+    );
+    assert_eq!(store.drop_handoffs("linkoping").await.unwrap(), 4);
+    assert!(store.handoff_depths().await.unwrap().is_empty());
 }

@@ -12,6 +12,7 @@ mod fixtures;
 mod flows;
 mod forgery;
 mod isolation;
+mod pg_cluster_harness;
 mod raw;
 mod rejections;
 mod reload;

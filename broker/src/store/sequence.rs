@@ -39,17 +39,21 @@ impl Append {
 }
 
 impl Store {
-    /// Begins an append: waits for the sequencing lock (PostgreSQL; on
-    /// SQLite the single writing connection serialises appends) and reads
-    /// the log's size.
+    /// Begins an append: waits for the sequencing lock and reads the log's
+    /// size. (On SQLite, which one machine uses, the transaction takes the
+    /// database's write lock at once instead.)
     pub async fn begin_append(&self) -> Result<Append, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
-                .bind(SEQUENCE_LOCK)
-                .fetch_one(&mut *tx)
-                .await?;
-        }
+        let mut tx = match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
+                    .bind(SEQUENCE_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx
+            }
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        };
         let row = sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS next FROM audit_entries")
             .fetch_one(&mut *tx)
             .await?;

@@ -99,11 +99,18 @@ mod tests {
         assert_eq!(args.listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(args.store.as_deref(), Some("sqlite://x.db"));
         assert_eq!(args.log_format, serve_cmd::LogFormat::Json);
+        assert!(!args.check_config);
         let Command::Serve(args) = parse(&["serve"]) else {
             panic!("not serve");
         };
         assert_eq!(args.config, None);
         assert_eq!(args.log_format, serve_cmd::LogFormat::Text);
+        let Command::Serve(args) = parse(&["serve", "--check-config", "--config", "s.toml"]) else {
+            panic!("not serve");
+        };
+        assert!(args.check_config);
+        // There is nothing to check without a file.
+        assert!(Cli::try_parse_from(["samverkan", "serve", "--check-config"]).is_err());
     }
 
     #[test]

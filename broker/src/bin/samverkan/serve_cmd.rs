@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Only load and check the configuration file: print one line when it
+    /// is valid, or every mistake with its file and line, and exit 0 or 1
+    /// without opening the database, reading the keys or listening.
+    #[arg(long, requires = "config")]
+    pub check_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +57,9 @@ fn init_logging(format: LogFormat) {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    if args.check_config {
+        return Ok(check_config(&args));
+    }
     init_logging(args.log_format);
     let mut config = match &args.config {
         Some(path) => match BrokerConfig::load(path) {
@@ -137,6 +145,72 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     })
 }
 
+/// `--check-config`: loads the file as `serve` would, with the command
+/// line's overrides, and reports.
+fn check_config(args: &ServeArgs) -> ExitCode {
+    let Some(path) = &args.config else {
+        // clap requires --config with --check-config.
+        eprintln!("error: --check-config needs --config FILE");
+        return ExitCode::FAILURE;
+    };
+    match checked(path, args.listen, args.store.as_deref()) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(mistakes) => {
+            eprintln!("{mistakes}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The one-line summary of a valid configuration file, or its mistakes
+/// (one per line, each with file and line).
+fn checked(
+    path: &Path,
+    listen: Option<SocketAddr>,
+    store: Option<&str>,
+) -> Result<String, samverkan_broker::config::ConfigError> {
+    let mut config = BrokerConfig::load(path)?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(url) = store {
+        config.store_url = url.to_string();
+    }
+    let off = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    let node = config.cluster.as_ref().map_or_else(
+        || "single broker".to_string(),
+        |c| format!("node {}", c.node),
+    );
+    Ok(format!(
+        "OK {}: {node}, listen {}, store {}, admin {}, console {}, CRL {}",
+        path.display(),
+        config.listen,
+        shown_url(&config.store_url),
+        off(config.admin_listen),
+        off(config.console_listen),
+        config
+            .tls
+            .crl
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |crl| crl.display().to_string()),
+    ))
+}
+
+/// The URL as shown: its password, if it has one, replaced by `***`.
+fn shown_url(url: &str) -> String {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo);
+    match userinfo {
+        Some(userinfo) if userinfo.contains(':') => redact_url(url),
+        _ => url.to_string(),
+    }
+}
+
 /// The console's address as a browser should open it: `localhost` for
 /// loopback (the development server certificate names it).
 fn console_host(addr: std::net::SocketAddr) -> String {
@@ -204,5 +278,77 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration shipped for the containers (compose.yaml) is valid.
+    #[test]
+    fn the_container_configurations_pass_the_check() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut nodes = Vec::new();
+        for entry in std::fs::read_dir(&deploy).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let summary = checked(&path, None, None).unwrap_or_else(|e| panic!("{e}"));
+                assert!(summary.starts_with("OK "), "{summary}");
+                assert!(!summary.contains('\n'), "one line: {summary}");
+                let config = BrokerConfig::load(&path).unwrap();
+                assert!(config.tls.crl.is_some(), "{}: no CRL", path.display());
+                nodes.extend(config.cluster.map(|c| c.node));
+            }
+        }
+        nodes.sort();
+        assert_eq!(nodes, ["node-a", "node-b"]);
+    }
+
+    #[test]
+    fn the_check_shows_overrides_and_hides_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        std::fs::write(
+            &file,
+            "[store]\nurl = \"postgres://svk:secret@db1:5432,db2:5432/svk\"\n\n[admin]\nlisten = \"off\"\n\n[cluster]\nnode = \"n1\"\nstate_dir = \"state\"\n",
+        )
+        .unwrap();
+        let summary = checked(&file, Some("127.0.0.1:1884".parse().unwrap()), None).unwrap();
+        assert!(summary.contains("node n1"), "{summary}");
+        assert!(summary.contains("listen 127.0.0.1:1884"), "{summary}");
+        assert!(
+            summary.contains("svk:***@db1:5432,db2:5432/svk"),
+            "{summary}"
+        );
+        assert!(!summary.contains("secret"), "{summary}");
+        assert!(summary.contains("admin off"), "{summary}");
+        let summary = checked(&file, None, Some("postgres://svk@db/svk")).unwrap();
+        assert!(
+            summary.contains("store postgres://svk@db/svk,"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn the_check_reports_every_mistake_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samverkan.toml");
+        std::fs::write(
+            &file,
+            "[router]\nbatch_max = 0\n\n[cluster]\nnode = \"node a\"\n",
+        )
+        .unwrap();
+        let shown = checked(&file, None, None).unwrap_err().to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 2, "{shown}");
+        assert!(
+            lines[0].starts_with(&format!("{}:2:", file.display())),
+            "{shown}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{}:5:", file.display())),
+            "{shown}"
+        );
     }
 }

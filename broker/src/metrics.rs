@@ -78,6 +78,8 @@ pub struct Metrics {
     pub witness_lag_entries: Family<WitnessLabel, Gauge>,
     /// Several nodes: 1 while this node may append and sign, 0 once the no-fork guard stopped it.
     pub node_signing: Gauge,
+    /// Several nodes: time from taking the sequencing lock to the append's commit.
+    pub sequence_hold_seconds: Histogram,
     /// Several nodes: 1 while this node holds the sequencing lock (set when scraped).
     pub node_holds_sequence: Gauge,
     /// Several nodes: shares handed off by other nodes and claimed here.
@@ -119,6 +121,7 @@ impl Metrics {
             witness_lag_entries: Family::default(),
             node_signing: Gauge::default(),
             node_holds_sequence: Gauge::default(),
+            sequence_hold_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             handoffs_claimed: Gauge::default(),
             handoff_lag_seconds: Gauge::default(),
             handoff_queue: Family::default(),
@@ -207,6 +210,11 @@ impl Metrics {
             "node_holds_sequence",
             "1 while this node holds the log's sequencing lock (several nodes)",
             m.node_holds_sequence.clone(),
+        );
+        registry.register(
+            "sequence_hold_seconds",
+            "Time from taking the log's sequencing lock to the append's commit (several nodes)",
+            m.sequence_hold_seconds.clone(),
         );
         registry.register(
             "handoffs_claimed",

@@ -229,7 +229,7 @@ impl Pipeline {
             return Ok(self.appender.committed_size());
         };
         match turn.0.take() {
-            Some((mut append, _holding)) => {
+            Some((mut append, _holding, _)) => {
                 self.store.checkpoint_in(&mut append, &checkpoint).await?;
                 self.store
                     .finish_append(append, &Default::default())

@@ -200,7 +200,7 @@ pub struct Pipeline {
 
 /// The right to append, from [`Pipeline::turn`]: on a single broker the
 /// appender's own position; on a node of several, the sequencing lock.
-pub(super) struct Turn(Option<(Append, Sequencing)>);
+pub(super) struct Turn(Option<(Append, Sequencing, Instant)>);
 
 /// A batch being committed by a task of its own, which sends the batch's
 /// deliveries and receipts once the transaction has committed. The pipeline
@@ -286,12 +286,13 @@ impl Pipeline {
             return Err(StoreError::Forked(reason));
         }
         let append = self.store.begin_append().await?;
+        let since = Instant::now();
         let holding = cluster.sequencing();
         if self.appender.is_stale() {
             cluster.guard(&self.store, append.next()).await?;
         }
         self.appender.sync_at(&self.store, append.next()).await?;
-        Ok(Turn(Some((append, holding))))
+        Ok(Turn(Some((append, holding, since))))
     }
 
     /// Seals `draft` and commits it in `turn`.
@@ -299,7 +300,13 @@ impl Pipeline {
         let sealed = self.appender.seal(draft)?;
         let started = Instant::now();
         let result = match turn.0 {
-            Some((append, _holding)) => self.store.finish_append(append, &sealed.commit).await,
+            Some((append, _holding, since)) => {
+                let done = self.store.finish_append(append, &sealed.commit).await;
+                self.metrics
+                    .sequence_hold_seconds
+                    .observe(since.elapsed().as_secs_f64());
+                done
+            }
             None => self.store.commit(&sealed.commit).await,
         };
         if let Err(e) = result {

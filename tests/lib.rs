@@ -16,6 +16,7 @@ use samverkan_broker::server::Broker;
 use tokio::net::TcpListener;
 
 pub mod fill;
+pub mod nodes;
 pub mod pg_cluster;
 
 /// The repository's policy set.
@@ -550,6 +551,12 @@ impl BrokerProcess {
 
     /// Starts the process and waits until its health endpoint answers.
     pub async fn start(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process without waiting for it.
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -565,6 +572,10 @@ impl BrokerProcess {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until the started process listens on its ports.
+    pub async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))

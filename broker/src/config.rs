@@ -823,14 +823,24 @@ mod tests {
     }
 
     #[test]
-    fn the_compose_configuration_loads() {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/samverkan.toml");
-        let config = match BrokerConfig::load(&file) {
-            Ok(c) => c,
-            Err(errors) => panic!("{errors}"),
-        };
-        assert!(config.store_url.starts_with("postgres://"));
-        assert_eq!(config.tls.ca, file.parent().unwrap().join("certs/ca.pem"));
+    fn the_compose_configurations_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        for (file, node) in [("node-a.toml", "node-a"), ("node-b.toml", "node-b")] {
+            let file = deploy.join(file);
+            let config = match BrokerConfig::load(&file) {
+                Ok(c) => c,
+                Err(errors) => panic!("{errors}"),
+            };
+            assert_eq!(
+                config.store_url,
+                "postgres://samverkan@db1:5432,db2:5432/samverkan"
+            );
+            assert_eq!(config.tls.ca, deploy.join("certs/ca.pem"));
+            assert_eq!(config.tls.crl, Some(deploy.join("certs/crl.pem")));
+            let cluster = config.cluster.expect("a cluster node");
+            assert_eq!(cluster.node, node);
+            assert_eq!(cluster.state_dir, Path::new("/var/lib/samverkan/state"));
+        }
     }
 
     #[test]

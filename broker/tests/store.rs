@@ -16,8 +16,8 @@ use samverkan_broker::audit::{AuditEntry, EntryKind, disclosed_digest};
 use samverkan_broker::policy::SubjectKind;
 use samverkan_broker::signer::BrokerSigner;
 use samverkan_broker::store::{
-    AckUpdate, AlertRow, AuditFilter, Commit, DeliveryRow, PolicyArchive, Purge, QueuePosition,
-    Store, StoredCheckpoint, StoredCosignature,
+    AckUpdate, AlertRow, AuditFilter, Commit, DeliveryRow, HandoffRow, PolicyArchive, Purge,
+    QueuePosition, Store, StoredCheckpoint, StoredCosignature,
 };
 use samverkan_sdk::audit::proof::{verify_consistency, verify_inclusion};
 use samverkan_sdk::messages::{
@@ -1521,9 +1521,11 @@ async fn appends_from_two_stores_follow_one_another(backend: Backend) {
 
 /// Shares handed off in a commit are claimed by the node holding their
 /// recipient: each once, only for the recipients asked, not when already
-/// acknowledged, exactly as first sent; a replay's start drops the rest.
+/// acknowledged, exactly as first sent; rows claimed by one node are skipped
+/// by another until the first has published and deleted them (PostgreSQL);
+/// a replay's start drops the rest.
 async fn handed_off_shares_are_claimed_once_by_their_recipients_node(backend: Backend) {
-    let (_db, store) = open(backend).await;
+    let (db, store) = open(backend).await;
     let mut log = Log::new();
     log.policy_loaded(T0);
     let mut alerts = Vec::new();
@@ -1538,7 +1540,7 @@ async fn handed_off_shares_are_claimed_once_by_their_recipients_node(backend: Ba
             &person(i),
         ));
     }
-    log.commit.handoffs = log.commit.deliveries.iter().map(|d| d.audit_idx).collect();
+    log.commit.handoffs = log.commit.deliveries.iter().map(HandoffRow::from).collect();
     log.commit(&store).await;
     let depths = store.handoff_depths().await.unwrap();
     assert_eq!(
@@ -1551,40 +1553,65 @@ async fn handed_off_shares_are_claimed_once_by_their_recipients_node(backend: Ba
     log.ack(T0 + 100, &alerts[0], "polisen");
     log.commit(&store).await;
 
-    let claimed = store
-        .claim_handoffs(&["polisen".to_string()], 2)
-        .await
-        .unwrap();
-    let rest = store
-        .claim_handoffs(&["polisen".to_string(), "skatteverket".to_string()], 10)
-        .await
-        .unwrap();
-    let payloads: Vec<&[u8]> = claimed
-        .iter()
-        .chain(&rest)
-        .map(|h| h.payload.as_slice())
-        .collect();
-    let expected: Vec<&[u8]> = alerts[1..]
-        .iter()
-        .map(|a| a.shares[0].3.as_slice())
-        .collect();
+    let polisen = ["polisen".to_string()];
+    let first = store.claim_handoffs(&polisen, 2).await.unwrap();
+    assert_eq!(first.rows(), 2);
+    let payloads = |c: &samverkan_broker::store::Claim| -> Vec<Vec<u8>> {
+        c.handoffs.iter().map(|h| h.payload.clone()).collect()
+    };
     assert_eq!(
-        payloads, expected,
-        "polisen's unacknowledged shares, each once, in order"
+        payloads(&first),
+        [alerts[1].shares[0].3.clone()],
+        "the acknowledged share is not sent"
+    );
+    if backend == Backend::Postgres {
+        let other = Store::open(&db.url).await.unwrap();
+        let beside = other.claim_handoffs(&polisen, 10).await.unwrap();
+        assert_eq!(
+            payloads(&beside),
+            [alerts[2].shares[0].3.clone(), alerts[3].shares[0].3.clone()],
+            "another node skips the rows claimed and takes the rest"
+        );
+        drop(beside);
+        other.close().await;
+    }
+    store.finish_claim(first).await.unwrap();
+    let rest = store
+        .claim_handoffs(&["skatteverket".to_string(), "polisen".to_string()], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        payloads(&rest),
+        [alerts[2].shares[0].3.clone(), alerts[3].shares[0].3.clone()],
+        "rows not deleted by an unfinished claim are claimed again"
     );
     assert!(
-        claimed
+        rest.handoffs
             .iter()
-            .chain(&rest)
             .all(|h| h.recipient == "polisen" && h.topic == "welfare/incorrect-payment/ost")
     );
-    assert!(
-        store
-            .claim_handoffs(&["polisen".to_string()], 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "a claimed share is claimed again"
+    store.finish_claim(rest).await.unwrap();
+    assert_eq!(store.claim_handoffs(&polisen, 10).await.unwrap().rows(), 0);
+
+    // The undelivered shares of resent alerts: all but the acknowledged one.
+    let keys: Vec<(String, String)> = alerts[..2]
+        .iter()
+        .map(|a| (a.publisher.clone(), a.alert_id.clone()))
+        .collect();
+    let undelivered: Vec<(String, u64)> = store
+        .undelivered_of(&keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.recipient, h.audit_idx))
+        .collect();
+    assert_eq!(
+        undelivered,
+        [
+            ("linkoping".to_string(), alerts[0].shares[1].2),
+            ("polisen".to_string(), alerts[1].shares[0].2),
+            ("linkoping".to_string(), alerts[1].shares[1].2),
+        ]
     );
     assert_eq!(store.drop_handoffs("linkoping").await.unwrap(), 4);
     assert!(store.handoff_depths().await.unwrap().is_empty());

@@ -45,7 +45,7 @@ fn exploitation_signal() -> Alert {
 }
 
 /// The `i`-th alert of `publisher`, with its logical topic.
-fn alert_for(publisher: &str, i: usize) -> (&'static str, Alert) {
+pub(crate) fn alert_for(publisher: &str, i: usize) -> (&'static str, Alert) {
     match (publisher, i % 2) {
         ("forsakringskassan", 0) => ("welfare/incorrect-payment/ost", incorrect_payment("0580")),
         ("forsakringskassan", _) => ("welfare/incorrect-payment/ost", incorrect_payment("0581")),

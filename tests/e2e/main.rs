@@ -3,11 +3,13 @@
 
 mod audit;
 mod browser;
+mod cluster;
 mod connections;
 mod console;
 mod console_queries;
 mod crash;
 mod examples;
+mod failover_addresses;
 mod fixtures;
 mod flows;
 mod forgery;

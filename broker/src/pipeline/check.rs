@@ -118,6 +118,8 @@ pub enum Outcome {
     Resend {
         /// Its publisher.
         tenant: String,
+        /// Its alert id.
+        alert_id: String,
         /// The receipt given then.
         receipt: Vec<u8>,
     },
@@ -150,6 +152,7 @@ pub fn check(
         {
             outcomes.push(Some(Outcome::Resend {
                 tenant: a.tenant,
+                alert_id: key.1,
                 receipt: k.receipt.clone(),
             }));
             continue;
@@ -172,6 +175,55 @@ pub fn check(
     let mut outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
     refuse_reused_ids(&mut outcomes, known);
     outcomes
+}
+
+/// The (publisher, alert id) of each alert that `outcomes` answer as a resend.
+pub fn resent_keys(outcomes: &[Outcome]) -> Vec<(String, String)> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Resend {
+                tenant, alert_id, ..
+            } => Some((tenant.clone(), alert_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The (publisher, alert id) of each alert that `outcomes` accept.
+pub fn accepted_keys(outcomes: &[Outcome]) -> Vec<(String, String)> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Accepted(a) => Some((a.tenant.clone(), a.alert.header().alert_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Alerts of a checked batch that were accepted meanwhile elsewhere (by
+/// another node, between the check and the sequencing lock; `late` is read
+/// under the lock): the same content is answered with the stored receipt,
+/// other content is refused as a reused id.
+pub fn settle_late_resends(outcomes: &mut [Outcome], late: &HashMap<(String, String), KnownAlert>) {
+    for outcome in outcomes.iter_mut() {
+        let Outcome::Accepted(a) = outcome else {
+            continue;
+        };
+        let key = (a.tenant.clone(), a.alert.header().alert_id.clone());
+        let Some(k) = late.get(&key) else {
+            continue;
+        };
+        *outcome = if k.envelope_hash == a.envelope_hash {
+            Outcome::Resend {
+                tenant: a.tenant.clone(),
+                alert_id: key.1,
+                receipt: k.receipt.clone(),
+            }
+        } else {
+            reused(a)
+        };
+    }
 }
 
 /// An alert id used earlier or in this batch: the same content is a resend,

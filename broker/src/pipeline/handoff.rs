@@ -100,21 +100,27 @@ impl HandoffWorker {
             return;
         }
         for _ in 0..CLAIMS_PER_WAKE {
-            let claimed = match self.store.claim_handoffs(recipients, CLAIM_AT_ONCE).await {
+            let mut claim = match self.store.claim_handoffs(recipients, CLAIM_AT_ONCE).await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "handed-off shares not claimed (they wait for the next try)");
                     return;
                 }
             };
+            let full = claim.rows() >= CLAIM_AT_ONCE as usize;
             let now = self.clock.now_ms();
-            let full = claimed.len() >= CLAIM_AT_ONCE as usize;
-            for h in claimed {
+            // Published before the rows go: a failure in between leaves
+            // them to be claimed again (at least once; the SDK drops a copy).
+            for h in std::mem::take(&mut claim.handoffs) {
                 self.cluster
                     .claimed(u64::try_from(now - h.created_at_ms).unwrap_or(0));
                 self.outbox
                     .send(topics::inbox(&h.recipient, &h.topic), h.payload)
                     .await;
+            }
+            if let Err(e) = self.store.finish_claim(claim).await {
+                warn!(error = %e, "claimed shares were sent but their rows are kept (they may be sent twice; the SDK drops the copy)");
+                return;
             }
             if !full {
                 return;

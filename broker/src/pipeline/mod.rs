@@ -71,7 +71,7 @@ use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
 use crate::policy::{PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
-use crate::store::{Append, Commit, KnownAlert, Store, StoreError};
+use crate::store::{Append, Commit, HandoffRow, KnownAlert, Store, StoreError};
 use crate::witness::{Coordinator, SignedHead, WitnessBoard};
 
 /// The topic filters the pipeline subscribes to.
@@ -668,7 +668,7 @@ impl Pipeline {
             (outcomes, acked)
         })
         .await;
-        let Ok((outcomes, acked)) = checked else {
+        let Ok((mut outcomes, acked)) = checked else {
             error!("checking a batch failed: nothing of it is answered (publishers will resend)");
             return;
         };
@@ -680,6 +680,20 @@ impl Pipeline {
                 return;
             }
         };
+        // A client that failed over may have resent an alert to another
+        // node that accepted it after the check above: looked up again
+        // under the lock, it is answered as a resend, not stored twice.
+        let accepted = check::accepted_keys(&outcomes);
+        if !accepted.is_empty() {
+            match self.store.known_alerts(&accepted).await {
+                Ok(late) => check::settle_late_resends(&mut outcomes, &late),
+                Err(e) => {
+                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                    return;
+                }
+            }
+        }
+        let resent = check::resent_keys(&outcomes);
         let mut draft = self.appender.draft(policy.version());
         if self.recorded_policy.as_deref() != Some(policy.version())
             && let Err(e) = self.record_policy(&policy, now, &mut draft).await
@@ -698,7 +712,7 @@ impl Pipeline {
             (recorded, draft)
         })
         .await;
-        let Ok((recorded, mut draft)) = recorded else {
+        let Ok((mut recorded, mut draft)) = recorded else {
             error!("recording a batch failed: nothing of it is answered (publishers will resend)");
             return;
         };
@@ -710,14 +724,43 @@ impl Pipeline {
             }
         };
         acks::record(&acked, &pending, now, &HashSet::new(), &mut draft);
+        // Shares for agencies connected elsewhere are handed off; so are
+        // the undelivered shares of resent alerts, whose first commit may
+        // have gone through unconfirmed (the database failed just then)
+        // without anything being sent.
+        let mut redeliver = Vec::new();
+        if !resent.is_empty() {
+            match self.store.undelivered_of(&resent).await {
+                Ok(shares) => redeliver = shares,
+                Err(e) => {
+                    error!(error = %e, "database unavailable: batch dropped (fail closed)");
+                    return;
+                }
+            }
+        }
         let here = self.connected_here();
         let mut elsewhere: Vec<String> = Vec::new();
-        for d in &draft.commit.deliveries {
+        let mut hand_off = |row: HandoffRow| {
+            if !elsewhere.contains(&row.recipient) {
+                elsewhere.push(row.recipient.clone());
+            }
+            draft.commit.handoffs.push(row);
+        };
+        for d in &draft.commit.deliveries.clone() {
             if !here.contains(&d.recipient) {
-                draft.commit.handoffs.push(d.audit_idx);
-                if !elsewhere.contains(&d.recipient) {
-                    elsewhere.push(d.recipient.clone());
-                }
+                hand_off(HandoffRow::from(d));
+            }
+        }
+        let mut deliveries = std::mem::take(&mut recorded.deliveries);
+        for share in redeliver {
+            if here.contains(&share.recipient) {
+                deliveries.push((topics::inbox(&share.recipient, &share.topic), share.payload));
+            } else {
+                hand_off(HandoffRow {
+                    audit_idx: share.audit_idx,
+                    recipient: share.recipient,
+                    created_at_ms: share.created_at_ms,
+                });
             }
         }
         let policy_recorded = draft
@@ -745,7 +788,7 @@ impl Pipeline {
             });
         }
         self.count_batch(&recorded, messages);
-        for (topic, payload) in recorded.deliveries {
+        for (topic, payload) in deliveries {
             self.outbox.send(topic, payload).await;
         }
         for (tenant, receipt) in recorded.receipts {

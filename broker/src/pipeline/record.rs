@@ -78,7 +78,9 @@ impl Recorder {
                     recorded.rejected.push(r.code);
                     Some(self.rejected(r, draft))
                 }
-                Outcome::Resend { tenant, receipt } => {
+                Outcome::Resend {
+                    tenant, receipt, ..
+                } => {
                     recorded.resent += 1;
                     Some((tenant.clone(), receipt.clone()))
                 }

@@ -232,10 +232,7 @@ impl Store {
         }
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for b in binds {
-            q = match b {
-                BindValue::Text(t) => q.bind(t),
-                BindValue::Int(i) => q.bind(i),
-            };
+            q = b.bind_to(q);
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(decode_audit).collect()

@@ -151,10 +151,7 @@ impl Conditions {
     fn query<'q>(self, sql: String) -> super::AnyQuery<'q> {
         let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for b in self.binds {
-            q = match b {
-                BindValue::Text(t) => q.bind(t),
-                BindValue::Int(i) => q.bind(i),
-            };
+            q = b.bind_to(q);
         }
         q
     }

@@ -341,6 +341,17 @@ pub(super) enum BindValue {
     /// An integer.
     Int(i64),
 }
+
+impl BindValue {
+    /// Binds the value as the next parameter of `q`.
+    pub(super) fn bind_to(self, q: AnyQuery<'_>) -> AnyQuery<'_> {
+        match self {
+            BindValue::Text(t) => q.bind(t),
+            BindValue::Int(i) => q.bind(i),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,15 +10,17 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::deliveries::{JOINED, decode_joined, joined_columns};
-use super::dialect::placeholders;
+use super::dialect::{BindValue, placeholders};
 use super::{Backend, Store, StoreError};
 
 /// The channel nodes listen on for new handoffs.
 pub const HANDOFF_CHANNEL: &str = "samverkan_handoff";
 
-/// A claimed share, ready to publish.
+/// A share to publish, rebuilt from the queue.
 #[derive(Debug, Clone)]
 pub struct Handoff {
+    /// The share's audit entry.
+    pub audit_idx: u64,
     /// The recipient.
     pub recipient: String,
     /// The alert's logical topic.
@@ -29,30 +31,49 @@ pub struct Handoff {
     pub created_at_ms: i64,
 }
 
+/// Handed-off shares claimed by this node: their rows stay locked (other
+/// nodes skip them) until [`Store::finish_claim`] deletes them, which the
+/// node does after publishing. If it dies or the database fails first, the
+/// rows are there again for the next claim: at least once, never lost.
+pub struct Claim {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    claimed: Vec<i64>,
+    /// The shares still to deliver (not acknowledged, not purged).
+    pub handoffs: Vec<Handoff>,
+}
+
+impl Claim {
+    /// How many rows were claimed (some may need no delivery any more).
+    pub fn rows(&self) -> usize {
+        self.claimed.len()
+    }
+}
+
 impl Store {
-    /// Claims up to `limit` handed-off shares of `recipients` and returns
-    /// those still to deliver (not acknowledged, not purged). Claimed rows
-    /// are deleted: a share lost after this point is still unacknowledged,
-    /// and its recipient's next replay sends it.
+    /// Claims up to `limit` handed-off shares of `recipients`, skipping rows
+    /// another node has claimed.
     pub async fn claim_handoffs(
         &self,
         recipients: &[String],
         limit: u32,
-    ) -> Result<Vec<Handoff>, StoreError> {
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await?;
         if recipients.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Claim {
+                tx,
+                claimed: Vec::new(),
+                handoffs: Vec::new(),
+            });
         }
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let n = recipients.len();
         let sql = format!(
-            "DELETE FROM delivery_handoffs WHERE audit_idx IN (SELECT audit_idx FROM delivery_handoffs \
-             WHERE recipient IN {} ORDER BY audit_idx LIMIT {limit} {lock}) RETURNING audit_idx",
-            placeholders(self.backend, 1, n)
+            "SELECT audit_idx FROM delivery_handoffs WHERE recipient IN {} \
+             ORDER BY audit_idx LIMIT {limit} {lock}",
+            placeholders(self.backend, 1, recipients.len())
         );
-        let mut tx = self.pool.begin().await?;
         let mut claim = sqlx::query(AssertSqlSafe(sql));
         for r in recipients {
             claim = claim.bind(r.clone());
@@ -63,26 +84,96 @@ impl Store {
             .iter()
             .map(|row| row.try_get("audit_idx"))
             .collect::<Result<_, _>>()?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
+        let handoffs = if claimed.is_empty() {
+            Vec::new()
+        } else {
+            self.deliveries_where(
+                &mut tx,
+                &format!(
+                    "d.audit_idx IN {}",
+                    placeholders(self.backend, 1, claimed.len())
+                ),
+                claimed.iter().map(|i| BindValue::Int(*i)).collect(),
+            )
+            .await?
+        };
+        Ok(Claim {
+            tx,
+            claimed,
+            handoffs,
+        })
+    }
+
+    /// Deletes the rows of a claim whose shares have been published.
+    pub async fn finish_claim(&self, claim: Claim) -> Result<(), StoreError> {
+        let Claim {
+            mut tx, claimed, ..
+        } = claim;
+        if !claimed.is_empty() {
+            let sql = format!(
+                "DELETE FROM delivery_handoffs WHERE audit_idx IN {}",
+                placeholders(self.backend, 1, claimed.len())
+            );
+            let mut delete = sqlx::query(AssertSqlSafe(sql));
+            for idx in &claimed {
+                delete = delete.bind(*idx);
+            }
+            delete.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The shares of the alerts `keys` (publisher, alert id) that are still
+    /// to deliver: a resent alert whose first commit the node could not
+    /// confirm (the database failed at that moment) may have committed
+    /// without its deliveries ever being sent.
+    pub async fn undelivered_of(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Handoff>, StoreError> {
+        let mut out = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for chunk in keys.chunks(200) {
+            let condition = format!(
+                "(e.publisher, e.alert_id) IN ({})",
+                placeholders(self.backend, chunk.len(), 2)
+            );
+            let binds = chunk
+                .iter()
+                .flat_map(|(p, a)| [BindValue::Text(p.clone()), BindValue::Text(a.clone())])
+                .collect();
+            out.extend(self.deliveries_where(&mut tx, &condition, binds).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The deliveries matching `condition` (over the joined rows `d`, `e`,
+    /// `a`) that are still to deliver, in queue order.
+    async fn deliveries_where(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        condition: &str,
+        binds: Vec<BindValue>,
+    ) -> Result<Vec<Handoff>, StoreError> {
         let sql = format!(
-            "SELECT {} {JOINED} WHERE d.audit_idx IN {} AND d.acked_at_ms IS NULL \
+            "SELECT {} {JOINED} WHERE {condition} AND d.acked_at_ms IS NULL \
              AND a.disclosures IS NOT NULL AND d.stamp_signature IS NOT NULL ORDER BY d.audit_idx",
             joined_columns(),
-            placeholders(self.backend, 1, claimed.len())
         );
         let mut read = sqlx::query(AssertSqlSafe(sql));
-        for idx in &claimed {
-            read = read.bind(*idx);
+        for b in binds {
+            read = b.bind_to(read);
         }
-        let rows = read.fetch_all(&mut *tx).await?;
+        let rows = read.fetch_all(&mut **tx).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let d = decode_joined(row)?;
             if let Some(payload) = d.payload {
                 out.push(Handoff {
+                    audit_idx: u64::try_from(d.audit_idx)
+                        .map_err(|_| StoreError::Corrupt("negative audit_idx".into()))?,
                     recipient: d.recipient,
                     topic: d.entry.topic.unwrap_or_default(),
                     payload,
@@ -90,7 +181,6 @@ impl Store {
                 });
             }
         }
-        tx.commit().await?;
         Ok(out)
     }
 

@@ -42,10 +42,10 @@ pub use audit::{AuditFilter, StoredAlert};
 pub use checkpoints::{StoredCheckpoint, StoredCosignature};
 pub use deliveries::{PendingDelivery, QueuePosition, ReplayDelivery, StoredDelivery};
 pub use dialect::Backend;
-pub use handoffs::{HANDOFF_CHANNEL, Handoff};
+pub use handoffs::{Claim, HANDOFF_CHANNEL, Handoff};
 pub use retention::Purge;
 pub use sequence::Append;
-pub use write::{AckUpdate, AlertRow, Commit, DeliveryRow, KnownAlert, PolicyArchive};
+pub use write::{AckUpdate, AlertRow, Commit, DeliveryRow, HandoffRow, KnownAlert, PolicyArchive};
 
 // Shared with the console's reads.
 use audit::{AUDIT_COLUMNS, decode_audit};

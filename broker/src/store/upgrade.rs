@@ -20,6 +20,9 @@ use crate::audit::AuditEntry;
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+/// The advisory lock under which one node at a time converts.
+const UPGRADE_LOCK: i64 = 0x5341_4d56_0000_0002;
+
 /// Rows converted per read.
 const PAGE: i64 = 500;
 
@@ -33,15 +36,24 @@ pub(super) async fn from_v3(pool: &AnyPool, backend: Backend) -> Result<(), Stor
             "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
         }
     };
+    let mut tx = pool.begin().await?;
+    // Nodes starting together on one database convert it once: the others
+    // wait here, then find nothing left to convert.
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
+            .bind(UPGRADE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
     let n: i64 = sqlx::query(exists)
         .bind("v3_alerts")
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
     if n == 0 {
+        tx.commit().await?;
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
     alerts(&mut tx).await?;
     deliveries(&mut tx).await?;
     tree(&mut tx).await?;

@@ -80,9 +80,30 @@ pub struct Commit {
     pub purges: Vec<Purge>,
     /// A policy version to archive (if it is not yet).
     pub policy: Option<PolicyArchive>,
-    /// The deliveries (by audit index) whose recipient has no connection on
-    /// this node: another node that holds one claims them.
-    pub handoffs: Vec<u64>,
+    /// Shares whose recipient has no connection on this node: another node
+    /// that holds one claims them.
+    pub handoffs: Vec<HandoffRow>,
+}
+
+/// A share handed off to the node that holds its recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffRow {
+    /// The share's audit entry.
+    pub audit_idx: u64,
+    /// Its recipient.
+    pub recipient: String,
+    /// When it was recorded.
+    pub created_at_ms: i64,
+}
+
+impl From<&DeliveryRow> for HandoffRow {
+    fn from(d: &DeliveryRow) -> Self {
+        Self {
+            audit_idx: d.audit_idx,
+            recipient: d.recipient.clone(),
+            created_at_ms: d.created_at_ms,
+        }
+    }
 }
 
 impl Commit {
@@ -383,21 +404,17 @@ impl Store {
                 })
                 .await?;
         }
-        let handoffs: Vec<&DeliveryRow> = c
-            .deliveries
-            .iter()
-            .filter(|d| c.handoffs.contains(&d.audit_idx))
-            .collect();
         insert_rows(
             &mut script,
             tx,
-            "INSERT INTO delivery_handoffs (audit_idx, recipient, created_at_ms)",
+            "INSERT INTO delivery_handoffs (audit_idx, recipient, created_at_ms)| \
+             ON CONFLICT (audit_idx) DO NOTHING",
             3,
-            &handoffs,
-            |q, d| {
-                q.bind(to_i64(d.audit_idx))
-                    .bind(d.recipient.clone())
-                    .bind(d.created_at_ms)
+            &c.handoffs,
+            |q, h| {
+                q.bind(to_i64(h.audit_idx))
+                    .bind(h.recipient.clone())
+                    .bind(h.created_at_ms)
             },
         )
         .await?;

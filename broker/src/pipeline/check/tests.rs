@@ -423,7 +423,7 @@ fn resends_with_the_same_or_other_content() {
     let outcome = check(&later, vec![from("skatteverket", &e)], &known).pop();
     assert!(matches!(
         outcome,
-        Some(Outcome::Resend { ref tenant, ref receipt }) if tenant == "skatteverket" && receipt == b"the receipt"
+        Some(Outcome::Resend { ref tenant, ref receipt, .. }) if tenant == "skatteverket" && receipt == b"the receipt"
     ));
     // Other content under the same id.
     let mut fields = company_flag();
@@ -451,6 +451,46 @@ fn resends_with_the_same_or_other_content() {
         &HashMap::new(),
     );
     assert!(matches!(outcomes[1], Outcome::SameAs { index: 0, .. }));
+}
+
+#[test]
+fn alerts_accepted_meanwhile_by_another_node_become_resends_or_reuses() {
+    let ctx = context(policy());
+    let (same, other) = (valid("n-1"), valid("n-2"));
+    let mut outcomes = check(
+        &ctx,
+        vec![
+            from("skatteverket", &same),
+            from("skatteverket", &other),
+            from("skatteverket", &valid("n-3")),
+        ],
+        &HashMap::new(),
+    );
+    assert_eq!(accepted_keys(&outcomes).len(), 3);
+    let stored = |e: &Envelope| KnownAlert {
+        envelope_hash: messages::envelope_hash(e),
+        receipt: b"stored".to_vec(),
+    };
+    let late: HashMap<_, _> = [
+        (("skatteverket".into(), "n-1".into()), stored(&same)),
+        // Another node accepted other content under n-2.
+        (("skatteverket".into(), "n-2".into()), stored(&valid("n-2"))),
+    ]
+    .into();
+    settle_late_resends(&mut outcomes, &late);
+    assert!(
+        matches!(&outcomes[0], Outcome::Resend { receipt, alert_id, .. } if receipt == b"stored" && alert_id == "n-1")
+    );
+    assert_eq!(
+        resent_keys(&outcomes),
+        [("skatteverket".to_string(), "n-1".to_string())]
+    );
+    assert_eq!(rejected(&outcomes[1]).code, RejectionCode::AlertIdReused);
+    assert!(matches!(outcomes[2], Outcome::Accepted(_)));
+    assert_eq!(
+        accepted_keys(&outcomes),
+        [("skatteverket".to_string(), "n-3".to_string())]
+    );
 }
 
 #[test]

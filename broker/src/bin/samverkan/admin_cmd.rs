@@ -12,7 +12,7 @@ use samverkan_broker::config::DEFAULT_ADMIN_LISTEN;
 #[derive(clap::Args)]
 pub struct AdminArgs {
     /// The broker's admin endpoint ([admin] listen in its configuration file).
-    #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN)]
+    #[arg(long, default_value_t = DEFAULT_ADMIN_LISTEN, global = true)]
     pub admin: SocketAddr,
     #[command(subcommand)]
     pub command: AdminCommand,

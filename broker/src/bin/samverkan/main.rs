@@ -307,6 +307,11 @@ mod tests {
         };
         assert_eq!(args.admin, "10.0.0.1:1234".parse().unwrap());
         assert!(matches!(args.command, admin_cmd::AdminCommand::Reload));
+        // Also after the subcommand, as the README writes it.
+        let Command::Admin(args) = parse(&["admin", "health", "--admin", "10.0.0.2:99"]) else {
+            panic!("not admin");
+        };
+        assert_eq!(args.admin, "10.0.0.2:99".parse().unwrap());
 
         let Command::Pki(pki_cmd::PkiCommand::Revoke(args)) =
             parse(&["pki", "revoke", "c.pem", "--dir", "pki"])

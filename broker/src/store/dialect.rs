@@ -55,8 +55,16 @@ impl Backend {
     /// Only the writer: the readers' sorts stay spilled to disk.
     pub(super) async fn prepare_writer(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         self.prepare(conn).await?;
-        if self == Backend::Sqlite {
-            conn.execute("PRAGMA temp_store = MEMORY").await?;
+        match self {
+            Backend::Sqlite => {
+                conn.execute("PRAGMA temp_store = MEMORY").await?;
+            }
+            // A node waits at most this long for the log's sequencing lock
+            // (several nodes): one whose holder hangs fails its batch, and
+            // its clients resend, rather than waiting without end.
+            Backend::Postgres => {
+                conn.execute("SET lock_timeout = '5s'").await?;
+            }
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use samverkan_e2e::{Backend, TestDatabase, prepare_dir};
 use samverkan_sdk::client::Client;
 use samverkan_sdk::messages::{Receipt, ReceiptStatus};
 
-use crate::crash::alert_for;
+use crate::crash::{Tally, alert_for, count_shares};
 use crate::fixtures::{incorrect_payment, next_item, next_share};
 
 /// Alerts each publisher sends in a traffic run.
@@ -161,29 +161,11 @@ struct Traffic {
 
 impl Traffic {
     async fn start(nodes: &Nodes) -> Self {
-        let received: Arc<Mutex<HashMap<(String, String), u32>>> = Default::default();
-        let refused: Arc<Mutex<Vec<String>>> = Default::default();
+        let tally = Tally::default();
         let mut receivers = Vec::new();
         for (agency, node) in RECEIVERS {
             let client = nodes.agency(agency, node % nodes.nodes.len()).await;
-            let mut inbox = client.subscribe("#").await.unwrap();
-            let (received, refused) = (received.clone(), refused.clone());
-            receivers.push(tokio::spawn(async move {
-                while let Some(item) = inbox.next().await {
-                    match item {
-                        Ok(share) => {
-                            *received
-                                .lock()
-                                .unwrap()
-                                .entry((agency.to_string(), share.share_id().to_string()))
-                                .or_default() += 1;
-                            let _ = share.ack().await;
-                        }
-                        Err(e) => refused.lock().unwrap().push(format!("{agency}: {e}")),
-                    }
-                }
-                drop(client);
-            }));
+            receivers.push(count_shares(client, agency, tally.clone()).await);
         }
         let mut publishers = Vec::new();
         for (agency, node) in PUBLISHERS {
@@ -205,8 +187,8 @@ impl Traffic {
             }));
         }
         Self {
-            received,
-            refused,
+            received: tally.received,
+            refused: tally.refused,
             receivers,
             publishers,
         }

@@ -61,37 +61,55 @@ fn patient(mut config: samverkan_sdk::client::AgencyConfig) -> samverkan_sdk::cl
     config
 }
 
+/// What receivers handed to their applications, per (agency, share id),
+/// and the deliveries they refused.
+#[derive(Clone, Default)]
+pub(crate) struct Tally {
+    pub received: Arc<Mutex<HashMap<(String, String), u32>>>,
+    pub refused: Arc<Mutex<Vec<String>>>,
+}
+
+/// Counts every share `client` hands to `agency`'s application, and
+/// acknowledges it, until the subscription ends.
+pub(crate) async fn count_shares(
+    client: Client,
+    agency: &'static str,
+    tally: Tally,
+) -> tokio::task::JoinHandle<()> {
+    let mut inbox = client.subscribe("#").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(item) = inbox.next().await {
+            match item {
+                Ok(share) => {
+                    *tally
+                        .received
+                        .lock()
+                        .unwrap()
+                        .entry((agency.to_string(), share.share_id().to_string()))
+                        .or_default() += 1;
+                    let _ = share.ack().await;
+                }
+                Err(e) => tally.refused.lock().unwrap().push(format!("{agency}: {e}")),
+            }
+        }
+        drop(client);
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
     let mut broker = BrokerProcess::new();
     broker.start().await;
 
     // Receivers: count every share the application is handed, then ack it.
-    let received: Arc<Mutex<HashMap<(String, String), u32>>> = Default::default();
-    let refused: Arc<Mutex<Vec<String>>> = Default::default();
+    let tally = Tally::default();
+    let (received, refused) = (tally.received.clone(), tally.refused.clone());
     let mut receivers = Vec::new();
     for agency in RECEIVERS {
         let client = Client::connect(patient(broker.agency_config(agency)))
             .await
             .unwrap();
-        let mut inbox = client.subscribe("#").await.unwrap();
-        let (received, refused) = (received.clone(), refused.clone());
-        receivers.push(tokio::spawn(async move {
-            while let Some(item) = inbox.next().await {
-                match item {
-                    Ok(share) => {
-                        *received
-                            .lock()
-                            .unwrap()
-                            .entry((agency.to_string(), share.share_id().to_string()))
-                            .or_default() += 1;
-                        let _ = share.ack().await;
-                    }
-                    Err(e) => refused.lock().unwrap().push(format!("{agency}: {e}")),
-                }
-            }
-            drop(client);
-        }));
+        receivers.push(count_shares(client, agency, tally.clone()).await);
     }
 
     // Publishers: a steady stream each; every publish waits for its receipt.

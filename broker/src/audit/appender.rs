@@ -69,6 +69,11 @@ impl Appender {
             return Ok(());
         }
         let next = store.next_audit_index().await?;
+        self.reload(store, next).await
+    }
+
+    /// Reads the tree's frontier at `next` entries and the last checkpoint.
+    async fn reload(&mut self, store: &Store, next: u64) -> Result<(), StoreError> {
         let frontier = Frontier::load(store, next).await?;
         self.checkpointed = store.latest_checkpoint().await?.map(|c| c.size);
         self.next_index = next;
@@ -86,13 +91,7 @@ impl Appender {
         if !self.stale && next == self.next_index && next == self.committed.size() {
             return Ok(());
         }
-        let frontier = Frontier::load(store, next).await?;
-        self.checkpointed = store.latest_checkpoint().await?.map(|c| c.size);
-        self.next_index = next;
-        self.committed = frontier.clone();
-        self.frontier = frontier;
-        self.stale = false;
-        Ok(())
+        self.reload(store, next).await
     }
 
     /// A new draft continuing the log, its entries under `policy_version`.

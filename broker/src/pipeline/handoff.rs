@@ -86,12 +86,7 @@ impl HandoffWorker {
 
     /// The agencies with a connection on this node.
     fn connected(&self) -> Vec<String> {
-        self.connections
-            .open_connections()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(agency, _)| agency)
-            .collect()
+        self.connections.connected_agencies()
     }
 
     /// Claims and publishes what waits for `recipients`.

@@ -517,13 +517,7 @@ impl Pipeline {
         // Check and record on a blocking thread (signatures, policy, broker
         // signatures), and verify the acknowledgements, so that the batch in
         // flight commits and connections are served meanwhile.
-        let context = CheckContext {
-            policy: policy.clone(),
-            max_payload_bytes: self.settings.max_payload_bytes,
-            max_clock_skew_ms: self.settings.max_clock_skew_ms,
-            limits,
-            now,
-        };
+        let context = self.check_context(&policy, limits, now);
         let recorder = Recorder {
             policy: policy.clone(),
             signer: self.signer.clone(),
@@ -654,13 +648,7 @@ impl Pipeline {
                 return;
             }
         };
-        let context = CheckContext {
-            policy: policy.clone(),
-            max_payload_bytes: self.settings.max_payload_bytes,
-            max_clock_skew_ms: self.settings.max_clock_skew_ms,
-            limits,
-            now,
-        };
+        let context = self.check_context(&policy, limits, now);
         let ack_clock = (now, self.settings.max_clock_skew_ms);
         let checked = tokio::task::spawn_blocking(move || {
             let outcomes = check::check(&context, alerts, &known);
@@ -802,14 +790,25 @@ impl Pipeline {
         self.replay(&acked, replays).await;
     }
 
+    /// What a batch's alerts are checked against.
+    fn check_context(
+        &self,
+        policy: &Arc<PolicySet>,
+        limits: Arc<PublishLimits>,
+        now: i64,
+    ) -> CheckContext {
+        CheckContext {
+            policy: policy.clone(),
+            max_payload_bytes: self.settings.max_payload_bytes,
+            max_clock_skew_ms: self.settings.max_clock_skew_ms,
+            limits,
+            now,
+        }
+    }
+
     /// The agencies with a connection on this node.
     fn connected_here(&self) -> HashSet<String> {
-        self.connections
-            .open_connections()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(agency, _)| agency)
-            .collect()
+        self.connections.connected_agencies().into_iter().collect()
     }
 
     /// Alerts accepted earlier, by (publisher, alert id): committed ones

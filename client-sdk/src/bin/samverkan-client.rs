@@ -10,8 +10,12 @@
 //! samverkan-client witness --agency polisen --evidence    # conflicts found, with both notes
 //! ```
 //!
-//! Both default to the development layout (`certs-dev/`, `policies/keys.toml`,
-//! broker at `localhost:8883`). `publish` prints the broker's verified
+//! All default to the development layout (`certs-dev/`, `policies/keys.toml`,
+//! broker at `localhost:8883`). When the broker runs as several nodes, give
+//! each with `--broker host:port`, repeated or comma-separated
+//! (`--broker b1.example:8883,b2.example:8883`): the client connects to the
+//! first that answers and moves on to the next whenever its connection
+//! fails or drops. `publish` prints the broker's verified
 //! receipt as JSON and exits 0 when the alert was accepted, 2 when it was
 //! rejected and 1 on any other error. `follow` prints every verified share as
 //! one JSON line on stdout and acknowledges it after printing (unless
@@ -27,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use samverkan_sdk::alerts::Alert;
-use samverkan_sdk::client::{AgencyConfig, Client, PublishError, ReceivedShare};
+use samverkan_sdk::client::{AgencyConfig, BrokerAddress, Client, PublishError, ReceivedShare};
 use serde_json::{Map, Value, json};
 
 #[derive(Parser)]
@@ -46,9 +50,18 @@ struct Connection {
     /// The agency to act as (its certificate, key and tenant).
     #[arg(long)]
     agency: String,
-    /// The broker's MQTT-over-TLS address, `host:port`.
-    #[arg(long, default_value = "localhost:8883")]
-    broker: String,
+    /// The broker's MQTT-over-TLS address, `host:port` (`[::1]:8883` for
+    /// IPv6). Several broker nodes: repeat it or separate them with commas;
+    /// they are tried in this order, and the client moves on to the next
+    /// whenever a connection fails or drops.
+    #[arg(
+        long = "broker",
+        value_name = "HOST:PORT",
+        default_value = "localhost:8883",
+        value_delimiter = ',',
+        value_parser = parse_broker
+    )]
+    brokers: Vec<BrokerAddress>,
     /// Directory of the development PKI (`ca.pem`, `<agency>/client.pem`, ...).
     #[arg(long, default_value = "certs-dev")]
     certs: PathBuf,
@@ -311,29 +324,23 @@ fn signed_note_name_ok(name: &str) -> bool {
 }
 
 fn config(connection: &Connection) -> Result<AgencyConfig> {
-    let (host, port) = split_address(&connection.broker)?;
+    let Some((first, others)) = connection.brokers.split_first() else {
+        bail!("no broker address: give --broker host:port");
+    };
     Ok(AgencyConfig::from_dev_pki(
         &connection.certs,
         &connection.keys,
         &connection.agency,
-        &host,
-        port,
-    )?)
+        &first.host,
+        first.port,
+    )?
+    .with_fallback_brokers(others.iter().cloned()))
 }
 
-/// Splits `host:port` (`[::1]:8883` for IPv6).
-fn split_address(address: &str) -> Result<(String, u16)> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .with_context(|| format!("the broker address `{address}` is not host:port"))?;
-    let port = port
-        .parse()
-        .with_context(|| format!("the broker port `{port}` is not a number from 1 to 65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        bail!("the broker address `{address}` has no host");
-    }
-    Ok((host.to_string(), port))
+/// One `--broker` value (`host:port`; `[::1]:8883` for IPv6).
+fn parse_broker(text: &str) -> Result<BrokerAddress, String> {
+    text.parse()
+        .map_err(|e: samverkan_sdk::client::BrokerAddressError| e.to_string())
 }
 
 fn read_fields(file: &Path) -> Result<Map<String, Value>> {
@@ -376,16 +383,78 @@ fn share_line(share: &ReceivedShare) -> Value {
 mod tests {
     use super::*;
 
+    fn brokers_of(args: &[&str]) -> Result<Vec<BrokerAddress>, clap::Error> {
+        let base = ["samverkan-client", "follow", "--agency", "polisen"];
+        let cli = Cli::try_parse_from(base.iter().chain(args))?;
+        let Command::Follow(FollowArgs { connection, .. }) = cli.command else {
+            panic!("not follow");
+        };
+        Ok(connection.brokers)
+    }
+
     #[test]
     fn broker_addresses() {
+        let b = BrokerAddress::new;
+        assert_eq!(brokers_of(&[]).unwrap(), vec![b("localhost", 8883)]);
         assert_eq!(
-            split_address("localhost:8883").unwrap(),
-            ("localhost".into(), 8883)
+            brokers_of(&["--broker", "[::1]:8883"]).unwrap(),
+            vec![b("::1", 8883)]
         );
-        assert_eq!(split_address("[::1]:8883").unwrap(), ("::1".into(), 8883));
-        assert!(split_address("localhost").is_err());
-        assert!(split_address(":8883").is_err());
-        assert!(split_address("localhost:99999").is_err());
+        // Repeated, comma-separated, or both: in the order given.
+        assert_eq!(
+            brokers_of(&["--broker", "b1.example:8883", "--broker", "b2.example:8884"]).unwrap(),
+            vec![b("b1.example", 8883), b("b2.example", 8884)]
+        );
+        assert_eq!(
+            brokers_of(&[
+                "--broker",
+                "b1.example:8883,b2.example:8884",
+                "--broker",
+                "10.0.0.3:8885"
+            ])
+            .unwrap(),
+            vec![
+                b("b1.example", 8883),
+                b("b2.example", 8884),
+                b("10.0.0.3", 8885)
+            ]
+        );
+        // A malformed address is refused, naming it and saying why.
+        for (value, address, why) in [
+            ("localhost", "localhost", "has no port"),
+            (":8883", ":8883", "has no host"),
+            (
+                "localhost:99999",
+                "localhost:99999",
+                "not a number from 1 to 65535",
+            ),
+            ("b1.example:8883,b2.example", "b2.example", "has no port"),
+            ("b1.example:8883,", "", "is empty"),
+            ("::1:8883", "::1:8883", "IPv6 address without brackets"),
+        ] {
+            let err = brokers_of(&["--broker", value]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("the broker address `{address}` ")) && err.contains(why),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_broker_reaches_the_configuration() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let connection = Connection {
+            agency: "linkoping".into(),
+            brokers: vec![
+                BrokerAddress::new("b1.example", 8883),
+                BrokerAddress::new("b2.example", 8884),
+            ],
+            certs: root.join("certs-dev"),
+            keys: root.join("policies/keys.toml"),
+        };
+        let config = config(&connection).unwrap();
+        assert_eq!(config.brokers(), connection.brokers);
+        assert_eq!((config.host.as_str(), config.port), ("b1.example", 8883));
     }
 
     #[test]
@@ -408,7 +477,10 @@ mod tests {
         let Command::Publish(PublishArgs { connection, to, .. }) = cli.command else {
             panic!("not publish");
         };
-        assert_eq!(connection.broker, "localhost:8883");
+        assert_eq!(
+            connection.brokers,
+            vec![BrokerAddress::new("localhost", 8883)]
+        );
         assert_eq!(connection.certs, PathBuf::from("certs-dev"));
         assert_eq!(connection.keys, PathBuf::from("policies/keys.toml"));
         assert_eq!(to, Some(vec!["polisen".into(), "forsakringskassan".into()]));

@@ -1,6 +1,6 @@
 //! What an agency client needs to know: who it is (TLS identity and signing
 //! key), whom it trusts (the federation CA, the broker's and the agencies'
-//! signing keys), where the broker is, and how long to wait.
+//! signing keys), where the broker nodes are, and how long to wait.
 
 use std::fmt;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 
+use super::brokers::{self, BrokerAddress};
 use super::error::ClientError;
 use crate::keys::{self, KeyRegistry};
 use crate::names;
@@ -36,13 +37,22 @@ impl fmt::Debug for TlsMaterial {
 ///
 /// Build it with [`AgencyConfig::from_dev_pki`] for the development layout
 /// or [`AgencyConfig::new`] from explicit parts, then adjust the public
-/// fields (time limits) if needed. In production the parts come from the
-/// agency's own files:
+/// fields (time limits) if needed.
+///
+/// **Several broker nodes.** `host` and `port` are the first broker the
+/// client connects to. When the broker runs as several nodes sharing one
+/// database, give the others with [`AgencyConfig::with_fallback_brokers`]:
+/// the client then tries the addresses in order ([`AgencyConfig::brokers`])
+/// and, whenever a connection fails or drops, goes on to the next one (after
+/// the last, back to the first). Each address's host is the name the TLS
+/// certificate of that node must carry.
+///
+/// In production the parts come from the agency's own files:
 ///
 /// ```no_run
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::path::Path;
-/// use samverkan_sdk::client::{AgencyConfig, TlsMaterial};
+/// use samverkan_sdk::client::{AgencyConfig, BrokerAddress, TlsMaterial};
 /// use samverkan_sdk::keys::{self, KeyRegistry};
 ///
 /// let dir = Path::new("/etc/samverkan");
@@ -59,24 +69,31 @@ impl fmt::Debug for TlsMaterial {
 /// };
 /// let config = AgencyConfig::new(
 ///     "forsakringskassan",
-///     "samverkan.example.se", // must match the broker's certificate
+///     "broker-1.samverkan.example.se", // must match the broker's certificate
 ///     8883,
 ///     tls,
 ///     keys::read_signing_key(&dir.join("signing.key"))?,
 ///     "forsakringskassan-2026", // its id in the policy's keys.toml
 ///     registry("broker-keys.toml")?, // verifies receipts and share stamps
 ///     registry("keys.toml")?, // verifies the alerts of every agency
-/// )?;
+/// )?
+/// // The other nodes, tried in this order when the first is unreachable.
+/// .with_fallback_brokers(BrokerAddress::parse_list(
+///     "broker-2.samverkan.example.se:8883,broker-3.samverkan.example.se:8883",
+/// )?);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct AgencyConfig {
     /// The agency id (also the O= of the client certificate).
     pub agency: String,
-    /// The broker's host name; must match its certificate.
+    /// The first broker's host name; must match its certificate.
     pub host: String,
-    /// The broker's MQTT-over-TLS port.
+    /// The first broker's MQTT-over-TLS port.
     pub port: u16,
+    /// The other broker nodes, tried in this order after `host:port` (see
+    /// [`AgencyConfig::brokers`]). Empty for a single broker.
+    pub fallback_brokers: Vec<BrokerAddress>,
     /// PEM of the CA certificate(s) to trust for the broker.
     pub ca_pem: Vec<u8>,
     /// PEM of the agency's client certificate (chain).
@@ -100,7 +117,11 @@ pub struct AgencyConfig {
     /// when false the refusal is returned at once, for callers that pace
     /// themselves.
     pub wait_when_rate_limited: bool,
-    /// How long connecting (and subscribing) may take.
+    /// How long connecting (and subscribing) may take. With several broker
+    /// addresses this is the limit for each one: [`Client::connect`] tries
+    /// them in turn and gives up after this times the number of addresses.
+    ///
+    /// [`Client::connect`]: super::Client::connect
     pub connect_timeout: Duration,
     /// Largest MQTT packet sent or accepted, in bytes.
     pub max_packet_size: usize,
@@ -113,6 +134,7 @@ impl fmt::Debug for AgencyConfig {
             .field("agency", &self.agency)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("fallback_brokers", &self.fallback_brokers)
             .field("signing_key_id", &self.signing_key_id)
             .field("broker_keys", &self.broker_keys.len())
             .field("agency_keys", &self.agency_keys.len())
@@ -154,6 +176,7 @@ impl AgencyConfig {
             agency: agency.into(),
             host: host.into(),
             port,
+            fallback_brokers: Vec::new(),
             ca_pem: tls.ca_pem,
             client_cert_pem: tls.client_cert_pem,
             client_key_pem: tls.client_key_pem,
@@ -210,6 +233,28 @@ impl AgencyConfig {
         )
     }
 
+    /// Adds the addresses of the other broker nodes, to be tried in this
+    /// order after `host:port` (replacing any given before). They are
+    /// checked by [`Self::validate`], which [`Client::connect`] calls.
+    ///
+    /// [`Client::connect`]: super::Client::connect
+    #[must_use]
+    pub fn with_fallback_brokers(
+        mut self,
+        brokers: impl IntoIterator<Item = BrokerAddress>,
+    ) -> Self {
+        self.fallback_brokers = brokers.into_iter().collect();
+        self
+    }
+
+    /// Every broker address in the order the client tries them: `host:port`
+    /// first, then [`Self::fallback_brokers`](AgencyConfig::fallback_brokers).
+    pub fn brokers(&self) -> Vec<BrokerAddress> {
+        std::iter::once(BrokerAddress::new(self.host.clone(), self.port))
+            .chain(self.fallback_brokers.iter().cloned())
+            .collect()
+    }
+
     /// Checks what can be checked without connecting.
     pub fn validate(&self) -> Result<(), ClientError> {
         names::validate_agency_id(&self.agency)
@@ -221,6 +266,11 @@ impl AgencyConfig {
         }
         if self.port == 0 {
             return Err(ClientError::Config("the broker port is 0".into()));
+        }
+        for broker in self.brokers() {
+            broker
+                .check()
+                .map_err(|e| ClientError::Config(e.to_string()))?;
         }
         if self.receipt_timeout.is_zero() || self.publish_deadline.is_zero() {
             return Err(ClientError::Config(
@@ -264,9 +314,16 @@ impl AgencyConfig {
         }
     }
 
-    /// `host:port`, for messages.
+    /// The first broker's `host:port` (an IPv6 address in brackets), for
+    /// messages.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        BrokerAddress::new(self.host.clone(), self.port).to_string()
+    }
+
+    /// Every broker address, in order, as one string for messages:
+    /// `host:port` alone, or `a:8883, b:8883`.
+    pub(crate) fn addresses(&self) -> String {
+        brokers::describe(&self.brokers())
     }
 }
 
@@ -345,5 +402,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ClientError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn one_address_is_a_list_of_one_and_fallbacks_follow_it_in_order() {
+        let root = repo();
+        let config = AgencyConfig::from_dev_pki(
+            &root.join("certs-dev"),
+            &root.join("policies/keys.toml"),
+            "linkoping",
+            "localhost",
+            8883,
+        )
+        .unwrap();
+        assert_eq!(
+            config.brokers(),
+            vec![BrokerAddress::new("localhost", 8883)]
+        );
+        assert_eq!(config.addresses(), "localhost:8883");
+        let config = config.with_fallback_brokers([
+            BrokerAddress::new("broker-2.example", 8884),
+            BrokerAddress::new("::1", 8885),
+        ]);
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            config.brokers(),
+            vec![
+                BrokerAddress::new("localhost", 8883),
+                BrokerAddress::new("broker-2.example", 8884),
+                BrokerAddress::new("::1", 8885),
+            ]
+        );
+        assert_eq!(config.address(), "localhost:8883");
+        assert_eq!(
+            config.addresses(),
+            "localhost:8883, broker-2.example:8884, [::1]:8885"
+        );
+        assert!(format!("{config:?}").contains("broker-2.example"));
+        // A fallback that cannot be connected to is found before connecting.
+        let bad = config.with_fallback_brokers([BrokerAddress::new("no such host", 8883)]);
+        let err = bad.validate().unwrap_err();
+        assert!(matches!(err, ClientError::Config(_)), "{err}");
+        assert!(err.to_string().contains("`no such host:8883`"), "{err}");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! It runs for the life of the [`Client`](super::Client) and
 //!
-//! * reconnects with exponential backoff (with jitter) after any error;
+//! * reconnects with exponential backoff (with jitter) after any error,
+//!   each time to the next of the configured broker addresses (after the
+//!   last, the first again; with one address, always to it);
 //! * after every CONNACK re-subscribes the receipts topic and every live
 //!   subscription's inbox filter in one SUBSCRIBE, and once that is
 //!   acknowledged marks the connection *ready* (publishes wait for that, so
@@ -30,12 +32,13 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, Outgoing, Publish, QoS, Request,
-    SubAck, Subscribe, SubscribeFilter,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS,
+    Request, SubAck, Subscribe, SubscribeFilter,
 };
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::brokers::{BrokerAddress, Rotation};
 use super::dedup::{Admission, ShareDedup};
 use super::error::{ClientError, DeliveryError};
 use super::receipts::ReceiptBook;
@@ -82,7 +85,10 @@ pub(crate) struct ConnState {
 /// subscriptions, shares) and the connection task.
 pub(crate) struct Shared {
     pub(crate) agency: String,
+    /// Every broker address, for messages.
     pub(crate) address: String,
+    /// The broker node of the current connection (from its CONNACK on).
+    pub(crate) connected_to: Mutex<Option<BrokerAddress>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) signing_key: SigningKey,
     pub(crate) signing_key_id: String,
@@ -204,16 +210,39 @@ impl Backoff {
     }
 }
 
-/// Attempts at the first connection before [`Client::connect`](super::Client::connect) gives up.
+/// Attempts at the first connection, per broker address, before
+/// [`Client::connect`](super::Client::connect) gives up.
 const FIRST_CONNECT_ATTEMPTS: u32 = 3;
 
-/// Whether a failed first connection is tried again. A connection that
-/// the broker closed after accepting it, or that broke off, is transient
-/// (the broker restarting, a load balancer); a refused TCP connection, a
-/// TLS refusal or an MQTT refusal is an answer, reported at once.
-fn retry_first_connect(error: &ClientError, was_connected: bool, attempts: u32) -> bool {
-    attempts < FIRST_CONNECT_ATTEMPTS
-        && (was_connected || matches!(error, ClientError::Connection { .. }))
+/// Whether a failed first connection is tried again (at the next broker
+/// address, if there are several), after `attempts` failed attempts at
+/// `addresses` addresses. Every address is tried at least once. Beyond
+/// that, a connection that the broker closed after accepting it, or that
+/// broke off, is transient (the broker restarting, a load balancer) and is
+/// tried again, up to [`FIRST_CONNECT_ATTEMPTS`] rounds; a refused TCP
+/// connection, a TLS refusal or an MQTT refusal is an answer, reported at
+/// once.
+fn retry_first_connect(
+    error: &ClientError,
+    was_connected: bool,
+    attempts: u32,
+    addresses: usize,
+) -> bool {
+    let addresses = u32::try_from(addresses).unwrap_or(u32::MAX);
+    attempts < addresses
+        || (attempts < FIRST_CONNECT_ATTEMPTS.saturating_mul(addresses)
+            && (was_connected || matches!(error, ClientError::Connection { .. })))
+}
+
+/// Of two errors of a first connection at different addresses, the one to
+/// report when every address has failed: an answer that needs the
+/// operator (a TLS or session refusal) rather than an unreachable node, and
+/// otherwise the later one.
+fn worth_reporting(kept: Option<ClientError>, new: ClientError) -> ClientError {
+    match kept {
+        Some(kept) if !kept.is_transient() && new.is_transient() => kept,
+        _ => new,
+    }
 }
 
 /// Turns a rumqttc connection error into the client's error.
@@ -297,12 +326,17 @@ enum Flow {
 /// The connection task's own state.
 pub(crate) struct Task {
     eventloop: EventLoop,
+    /// The broker addresses with their MQTT options; the current one is in
+    /// `eventloop.mqtt_options`.
+    brokers: Rotation<MqttOptions>,
     shared: Arc<Shared>,
     /// Answers [`Client::connect`](super::Client::connect) once.
     first: Option<oneshot::Sender<Result<(), ClientError>>>,
     backoff: Backoff,
     /// Failed attempts while [`Task::first`] is unanswered.
     first_attempts: u32,
+    /// The error to report if the first connection fails at every address.
+    first_error: Option<ClientError>,
     /// Redelivered shares that were acknowledged already, to acknowledge again.
     reack: Vec<String>,
 }
@@ -310,15 +344,18 @@ pub(crate) struct Task {
 /// Runs the connection until the client closes (or the first connection fails).
 pub(crate) async fn run(
     eventloop: EventLoop,
+    brokers: Rotation<MqttOptions>,
     shared: Arc<Shared>,
     first: oneshot::Sender<Result<(), ClientError>>,
 ) {
     let mut task = Task {
         eventloop,
+        brokers,
         shared,
         first: Some(first),
         backoff: Backoff::new(),
         first_attempts: 0,
+        first_error: None,
         reack: Vec::new(),
     };
     loop {
@@ -359,18 +396,26 @@ impl Task {
             lock(&self.shared.tracker).connection_lost(subscribes);
         }
         self.shared.state.send_modify(|s| s.ready = false);
+        *lock(&self.shared.connected_to) = None;
         // The replay after the reconnect brings these shares again.
         self.reack.clear();
-        let mut error = classify(&err, &self.shared.address, self.shared.connect_timeout);
+        let failed = self.brokers.address().to_string();
+        let mut error = classify(&err, &failed, self.shared.connect_timeout);
         if self.first.is_some() {
             self.first_attempts += 1;
-            if !retry_first_connect(&error, was_connected, self.first_attempts) {
+            if !retry_first_connect(
+                &error,
+                was_connected,
+                self.first_attempts,
+                self.brokers.len(),
+            ) {
                 if was_connected && let ClientError::Connection { reason, .. } = &mut error {
                     reason.push_str(&format!(
                         " right after accepting the connection, while the client subscribed to the topics of `{}` ({} attempts)",
                         self.shared.agency, self.first_attempts
                     ));
                 }
+                let error = worth_reporting(self.first_error.take(), error);
                 if let Some(first) = self.first.take() {
                     let _ = first.send(Err(error));
                 }
@@ -379,10 +424,18 @@ impl Task {
         }
         let delay = self.backoff.next_delay();
         let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        // Whatever went wrong, the next attempt goes to the next address.
+        if self.brokers.advance() {
+            self.eventloop.mqtt_options = self.brokers.value().clone();
+        }
+        let next = self.brokers.address().to_string();
         if was_connected {
-            warn!(agency = %self.me(), error = %error, retry_in_ms, "connection to the broker lost; reconnecting");
+            warn!(agency = %self.me(), error = %error, retry_in_ms, next = %next, "connection to the broker lost; reconnecting");
         } else {
-            warn!(agency = %self.me(), error = %error, retry_in_ms, "reconnecting to the broker failed; retrying");
+            warn!(agency = %self.me(), error = %error, retry_in_ms, next = %next, "connecting to the broker failed; retrying");
+        }
+        if self.first.is_some() {
+            self.first_error = Some(worth_reporting(self.first_error.take(), error));
         }
         tokio::time::sleep(delay).await;
         Flow::Continue
@@ -453,6 +506,7 @@ impl Task {
     /// subscriptions lost with the previous connection.
     fn on_connack(&mut self) {
         self.backoff.reset();
+        *lock(&self.shared.connected_to) = Some(self.brokers.address().clone());
         let mut generation = 0;
         self.shared.state.send_modify(|s| {
             s.generation += 1;
@@ -483,7 +537,7 @@ impl Task {
         self.eventloop
             .pending
             .push_back(Request::Subscribe(subscribe));
-        info!(agency = %me, generation, "connected to the broker; subscribing");
+        info!(agency = %me, broker = %self.brokers.address(), generation, "connected to the broker; subscribing");
     }
 
     fn on_suback(&mut self, suback: SubAck) -> Flow {
@@ -680,15 +734,35 @@ impl Task {
 
 #[cfg(test)]
 impl Task {
-    pub(crate) fn for_test(shared: Arc<Shared>) -> Self {
+    /// A task that has connected once already, with these broker addresses
+    /// (at least one).
+    pub(crate) fn for_test(shared: Arc<Shared>, brokers: Vec<BrokerAddress>) -> Self {
+        let brokers = Rotation::new(
+            brokers
+                .into_iter()
+                .map(|b| {
+                    let options = MqttOptions::new("test", b.host.clone(), b.port);
+                    (b, options)
+                })
+                .collect(),
+        )
+        .expect("at least one broker address");
         Self {
-            eventloop: EventLoop::new(rumqttc::MqttOptions::new("test", "localhost", 1), 10),
+            eventloop: EventLoop::new(brokers.value().clone(), 10),
+            brokers,
             shared,
             first: None,
             backoff: Backoff::new(),
             first_attempts: 0,
+            first_error: None,
             reack: Vec::new(),
         }
+    }
+
+    /// The broker address the next connection attempt goes to, as the
+    /// event loop has it.
+    pub(crate) fn next_broker(&self) -> (String, u16) {
+        self.eventloop.mqtt_options.broker_address()
     }
 
     /// Handles an event as if the event loop had returned it.
@@ -754,11 +828,57 @@ mod tests {
             address: "b:8883".into(),
             reason: "unknown CA".into(),
         };
-        assert!(retry_first_connect(&dropped, true, 1));
-        assert!(retry_first_connect(&dropped, false, 2));
-        assert!(!retry_first_connect(&dropped, true, FIRST_CONNECT_ATTEMPTS));
-        assert!(!retry_first_connect(&refused, false, 1));
-        assert!(!retry_first_connect(&tls, false, 1));
+        // One address.
+        assert!(retry_first_connect(&dropped, true, 1, 1));
+        assert!(retry_first_connect(&dropped, false, 2, 1));
+        assert!(!retry_first_connect(
+            &dropped,
+            true,
+            FIRST_CONNECT_ATTEMPTS,
+            1
+        ));
+        assert!(!retry_first_connect(&refused, false, 1, 1));
+        assert!(!retry_first_connect(&tls, false, 1, 1));
+        // Three addresses: every one is tried whatever the others answered,
+        // then transient failures for as many rounds as with one.
+        assert!(retry_first_connect(&refused, false, 1, 3));
+        assert!(retry_first_connect(&tls, false, 2, 3));
+        assert!(!retry_first_connect(&tls, false, 3, 3));
+        assert!(!retry_first_connect(&refused, false, 3, 3));
+        assert!(retry_first_connect(&dropped, true, 8, 3));
+        assert!(!retry_first_connect(
+            &dropped,
+            true,
+            3 * FIRST_CONNECT_ATTEMPTS,
+            3
+        ));
+    }
+
+    #[test]
+    fn a_refusal_is_reported_rather_than_an_unreachable_node() {
+        let refused = || ClientError::ConnectionRefused {
+            address: "a:8883".into(),
+            reason: "refused".into(),
+        };
+        let tls = || ClientError::Tls {
+            address: "b:8883".into(),
+            reason: "unknown CA".into(),
+        };
+        let err = worth_reporting(Some(tls()), refused());
+        assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+        let err = worth_reporting(Some(refused()), tls());
+        assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+        let err = worth_reporting(None, refused());
+        assert!(
+            matches!(err, ClientError::ConnectionRefused { .. }),
+            "{err}"
+        );
+        let later = ClientError::ConnectionRefused {
+            address: "c:8883".into(),
+            reason: "refused".into(),
+        };
+        let err = worth_reporting(Some(refused()), later);
+        assert!(err.to_string().contains("c:8883"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,16 @@
 //!   receipts topic and every subscription, then (if anything is subscribed)
 //!   asks the broker to replay unacknowledged shares, and asks again while
 //!   the broker's replay status says shares remain.
+//! * **Several broker nodes.** A configuration may list several broker
+//!   addresses ([`AgencyConfig::with_fallback_brokers`]). The client tries
+//!   them in order; whenever a connection attempt fails or a connection
+//!   drops it moves on to the next address (after the last, the first
+//!   again), with the same backoff. A new node is just another reconnect:
+//!   everything above happens again there, and publishes still waiting for
+//!   their receipt send the same envelope to it. A node that shares the
+//!   database answers an alert it already accepted with the stored receipt,
+//!   and replays what is unacknowledged with the same share ids, which the
+//!   duplicate suppression below recognises.
 //! * **Publishing.** [`Client::publish`] signs the alert with a fresh alert
 //!   id and sends it at QoS 1, then waits for the broker's signed receipt.
 //!   The broker keeps no session across reconnects, so a PUBACK is not
@@ -47,6 +57,7 @@
 //!   (a share in hand or acknowledged is not handed out again);
 //!   [`ReceivedShare::ack`] sends a signed acknowledgement.
 
+pub(crate) mod brokers;
 mod config;
 mod connection;
 mod dedup;
@@ -66,6 +77,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+pub use brokers::{BrokerAddress, BrokerAddressError};
 pub use config::{AgencyConfig, TlsMaterial};
 pub use error::{ClientError, DeliveryError, PublishError};
 pub use subscription::{ReceivedShare, Subscription, SubscriptionItem};
@@ -76,6 +88,7 @@ use crate::messages::{Receipt, ReceiptStatus, envelope_hash};
 use crate::names;
 use crate::time::now_ms;
 use crate::topics;
+use brokers::Rotation;
 use connection::{ConnState, Shared, lock};
 use dedup::ShareDedup;
 use receipts::ReceiptBook;
@@ -213,19 +226,43 @@ impl Client {
     /// [`ClientError::SessionRefused`] or [`ClientError::Timeout`] (after
     /// `config.connect_timeout`) instead. Later connection losses are
     /// repaired in the background. Must be called inside a Tokio runtime.
+    ///
+    /// With several broker addresses ([`AgencyConfig::brokers`]) each is
+    /// tried in turn until one accepts; the call fails only when every
+    /// address has failed (with the error that most needs the operator: a
+    /// TLS or session refusal before an unreachable node), or after
+    /// `config.connect_timeout` times the number of addresses.
     pub async fn connect(config: AgencyConfig) -> Result<Self, ClientError> {
         config.validate()?;
         let tls = tls::client_config(&config)?;
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let client_id = format!("{}-{}", config.agency, &suffix[..12]);
-        let mut options = MqttOptions::new(client_id.clone(), config.host.clone(), config.port);
-        options
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
-            .set_keep_alive(KEEP_ALIVE)
-            .set_clean_session(true)
-            .set_max_packet_size(config.max_packet_size, config.max_packet_size)
-            .set_request_channel_capacity(REQUEST_QUEUE);
-        let (mqtt, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let options_for = |broker: &BrokerAddress| {
+            let mut options = MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
+            options
+                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                    tls.clone(),
+                )))
+                .set_keep_alive(KEEP_ALIVE)
+                .set_clean_session(true)
+                .set_max_packet_size(config.max_packet_size, config.max_packet_size)
+                .set_request_channel_capacity(REQUEST_QUEUE);
+            options
+        };
+        let addresses = config.brokers();
+        let count = u32::try_from(addresses.len()).unwrap_or(u32::MAX);
+        let Some(brokers) = Rotation::new(
+            addresses
+                .into_iter()
+                .map(|broker| {
+                    let options = options_for(&broker);
+                    (broker, options)
+                })
+                .collect(),
+        ) else {
+            return Err(ClientError::Config("no broker address".into()));
+        };
+        let (mqtt, mut eventloop) = AsyncClient::new(brokers.value().clone(), REQUEST_QUEUE);
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
@@ -236,20 +273,26 @@ impl Client {
         let mut client = client;
         client.task = Some(tokio::spawn(connection::run(
             eventloop,
+            brokers,
             client.shared.clone(),
             first_tx,
         )));
-        debug!(agency = %config.agency, client_id = %client_id, broker = %config.address(), "connecting");
-        match tokio::time::timeout(config.connect_timeout, first_rx).await {
+        debug!(agency = %config.agency, client_id = %client_id, brokers = %config.addresses(), "connecting");
+        let limit = config.connect_timeout.saturating_mul(count);
+        match tokio::time::timeout(limit, first_rx).await {
             Ok(Ok(Ok(()))) => {
-                info!(agency = %config.agency, broker = %config.address(), "connected");
+                let broker = client
+                    .connected_broker()
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| config.address());
+                info!(agency = %config.agency, broker = %broker, "connected");
                 Ok(client)
             }
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => Err(ClientError::Timeout {
                 what: "connecting to the broker",
-                after: config.connect_timeout,
+                after: limit,
             }),
         }
     }
@@ -259,7 +302,8 @@ impl Client {
         let (state, _) = watch::channel(ConnState::default());
         let shared = Arc::new(Shared {
             agency: config.agency.clone(),
-            address: config.address(),
+            address: config.addresses(),
+            connected_to: Mutex::new(None),
             connect_timeout: config.connect_timeout,
             signing_key: config.signing_key.clone(),
             signing_key_id: config.signing_key_id.clone(),
@@ -296,6 +340,13 @@ impl Client {
     /// Whether the connection is up and the receipts topic subscribed right now.
     pub fn is_connected(&self) -> bool {
         self.shared.state.borrow().ready
+    }
+
+    /// The address of the broker node the client is connected to now (its
+    /// CONNACK arrived), or `None` between connections. With several broker
+    /// addresses this says which one is in use.
+    pub fn connected_broker(&self) -> Option<BrokerAddress> {
+        lock(&self.shared.connected_to).clone()
     }
 
     /// Signs `alert` for publishing on the logical topic, with a new UUID v7

@@ -86,7 +86,7 @@ impl Harness {
     fn new(config: AgencyConfig) -> Self {
         let (tx, requests) = flume::bounded(64);
         let client = Client::with_parts(&config, rumqttc::AsyncClient::from_senders(tx));
-        let task = Task::for_test(client.shared.clone());
+        let task = Task::for_test(client.shared.clone(), config.brokers());
         Self {
             client: Arc::new(client),
             requests,
@@ -697,6 +697,84 @@ async fn a_subscription_lost_with_the_connection_completes_after_the_reconnect()
     );
     let sub = subscribing.await.unwrap().unwrap();
     assert_eq!(sub.filter(), "akrim/#");
+}
+
+/// Three broker nodes: every lost connection moves on to the next address,
+/// after the last back to the first, and a connection to another node
+/// gets what every reconnect gets: the subscriptions again, a replay
+/// request, and the same bytes of an alert still waiting for its receipt.
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_moves_on_to_the_next_broker_and_wraps_around() {
+    let config = config().with_fallback_brokers([
+        BrokerAddress::new("broker-2.example", 8884),
+        BrokerAddress::new("broker-3.example", 8885),
+    ]);
+    let mut h = Harness::new(config);
+    assert_eq!(h.task.next_broker(), ("localhost".into(), 8883));
+    assert_eq!(h.client.connected_broker(), None);
+    h.connect();
+    assert_eq!(
+        h.client.connected_broker(),
+        Some(BrokerAddress::new("localhost", 8883))
+    );
+    let sub = subscribe(&mut h, "welfare/#").await;
+    assert_eq!(h.replays_sent().await, 1);
+    let client = h.client.clone();
+    let publishing = tokio::spawn(async move { client.publish("welfare/x", alert()).await });
+    let first = h.publish_request().await;
+
+    h.task.lost().await;
+    assert_eq!(h.client.connected_broker(), None);
+    assert_eq!(h.task.next_broker(), ("broker-2.example".into(), 8884));
+    let topics = h.connect();
+    assert_eq!(
+        h.client.connected_broker(),
+        Some(BrokerAddress::new("broker-2.example", 8884))
+    );
+    assert_eq!(
+        topics,
+        vec![
+            topics::receipts(ME),
+            topics::replay_status(ME),
+            topics::inbox(ME, "welfare/#")
+        ]
+    );
+    let again = h.publish_request().await;
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(h.replays_sent().await, 1);
+
+    // Failed attempts move on as well, and the last address is followed by the first.
+    h.task.lost().await;
+    assert_eq!(h.task.next_broker(), ("broker-3.example".into(), 8885));
+    h.task.lost().await;
+    assert_eq!(h.task.next_broker(), ("localhost".into(), 8883));
+    h.connect();
+    let third = h.publish_request().await;
+    assert_eq!(third.payload, first.payload);
+    let envelope = Envelope::from_json(&first.payload).unwrap();
+    h.incoming(
+        topics::receipts(ME),
+        signed_receipt(
+            &receipt_for(&envelope, ReceiptStatus::Accepted),
+            &broker_key(),
+        ),
+    );
+    assert!(publishing.await.unwrap().is_ok());
+    drop(sub);
+}
+
+/// With one address every reconnect goes back to it.
+#[tokio::test(start_paused = true)]
+async fn a_single_broker_is_reconnected_to() {
+    let mut h = Harness::new(config());
+    h.connect();
+    h.task.lost().await;
+    assert_eq!(h.task.next_broker(), ("localhost".into(), 8883));
+    h.connect();
+    assert_eq!(
+        h.client.connected_broker(),
+        Some(BrokerAddress::new("localhost", 8883))
+    );
 }
 
 #[tokio::test(start_paused = true)]

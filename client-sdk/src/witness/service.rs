@@ -1,7 +1,9 @@
 //! The witness as a long-running service on the agency's MQTT connection:
 //! it subscribes to the broker's cosigning requests and to the cosigned
 //! checkpoints the broker publishes, answers the first and cross-checks the
-//! second. It reconnects after any connection error, with backoff.
+//! second. It reconnects after any connection error, with backoff, each
+//! time to the next of the configured broker addresses (after the last, the
+//! first again).
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::{Observation, Witness};
 use crate::client::AgencyConfig;
 use crate::client::ClientError;
+use crate::client::brokers::Rotation;
 use crate::topics;
 
 /// Backoff between reconnects: from the first to the longest.
@@ -28,17 +31,28 @@ pub async fn run(
     config.validate()?;
     let tls = crate::client::tls::client_config(config)?;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let mut options = MqttOptions::new(
-        format!("{}-witness-{}", config.agency, &suffix[..8]),
-        config.host.clone(),
-        config.port,
-    );
-    options
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(config.max_packet_size, config.max_packet_size);
-    let (mqtt, mut eventloop) = AsyncClient::new(options, 64);
+    let client_id = format!("{}-witness-{}", config.agency, &suffix[..8]);
+    let Some(mut brokers) = Rotation::new(
+        config
+            .brokers()
+            .into_iter()
+            .map(|broker| {
+                let mut options =
+                    MqttOptions::new(client_id.clone(), broker.host.clone(), broker.port);
+                options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        tls.clone(),
+                    )))
+                    .set_keep_alive(Duration::from_secs(30))
+                    .set_clean_session(true)
+                    .set_max_packet_size(config.max_packet_size, config.max_packet_size);
+                (broker, options)
+            })
+            .collect(),
+    ) else {
+        return Err(ClientError::Config("no broker address".into()));
+    };
+    let (mqtt, mut eventloop) = AsyncClient::new(brokers.value().clone(), 64);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
@@ -55,7 +69,7 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 backoff = BACKOFF.0;
-                info!(agency = %config.agency, broker = %config.address(), "witness connected");
+                info!(agency = %config.agency, broker = %brokers.address(), "witness connected");
                 let filters = [&requests, &cosigned]
                     .map(|f| rumqttc::SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce));
                 if let Err(e) = mqtt.try_subscribe_many(filters) {
@@ -97,7 +111,11 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "witness connection lost");
+                let failed = brokers.address().to_string();
+                if brokers.advance() {
+                    eventloop.mqtt_options = brokers.value().clone();
+                }
+                warn!(error = %e, broker = %failed, next = %brokers.address(), retry_in_ms = backoff.as_millis() as u64, "witness connection lost");
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(backoff) => {}

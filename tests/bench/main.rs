@@ -6,6 +6,7 @@
 //! target/release/samverkan-bench run --target samverkan --shape mixed --rate 1000 --duration 60
 //! target/release/samverkan-bench ceiling
 //! target/release/samverkan-bench console --entries 1000000 --store sqlite:///tmp/console.db
+//! SAMVERKAN_TEST_POSTGRES=postgres://… target/release/samverkan-bench nodes --duration 15
 //! ```
 //!
 //! Every server runs as its own process so that its CPU time and peak
@@ -15,6 +16,7 @@
 mod ceiling;
 mod console;
 mod load;
+mod nodes;
 mod stats;
 mod targets;
 
@@ -104,6 +106,10 @@ enum Command {
     /// The auditor console's queries on a large log (SQLite or PostgreSQL):
     /// fills the store if it is empty, prints p50/p95/max per query.
     Console(console::ConsoleArgs),
+    /// One node against two on one PostgreSQL database (needs
+    /// SAMVERKAN_TEST_POSTGRES): throughput, latency, CPU, and what the
+    /// log's sequencing lock allows any number of nodes.
+    Nodes(nodes::NodesArgs),
     /// Internal: run rumqttd alone (used by `--target rumqttd`).
     #[command(hide = true)]
     ServeRumqttd {
@@ -625,6 +631,7 @@ async fn main() -> Result<()> {
         Command::ServeRumqttd { port, certs } => targets::serve_rumqttd(port, &certs),
         Command::Ceiling => ceiling::run().await.map(|_| ()),
         Command::Console(args) => console::run(args).await,
+        Command::Nodes(args) => nodes::run(args).await,
         Command::Run(args) => {
             let json = args.json.clone();
             let report = run(args).await?;

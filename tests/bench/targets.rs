@@ -99,7 +99,7 @@ impl Drop for Server {
     }
 }
 
-fn sibling(name: &str) -> Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("no executable directory")?.join(name);
     if !path.exists() {
@@ -111,7 +111,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
+pub(crate) async fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))

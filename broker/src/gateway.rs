@@ -40,7 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use crate::identity::{PeerIdentity, peer_identity};
-use crate::inspect::{self, FilterBudget, Session, Violation};
+use crate::inspect::{self, FilterBudget, Receivers, Session, Violation};
 use crate::limits::ConnectionLimits;
 use crate::mqtt::Embedded;
 use crate::policy::PolicyHandle;
@@ -182,6 +182,8 @@ pub struct Gateway {
     next_id: AtomicU64,
     client_ids: crate::client_ids::ClientIds,
     filters: FilterBudget,
+    /// The agencies with a connection here that receives shares.
+    receivers: Arc<Receivers>,
 }
 
 /// Why one connection was refused or ended (for logs).
@@ -214,6 +216,7 @@ impl Gateway {
         embedded: Arc<Embedded>,
         policy: Arc<PolicyHandle>,
         limits: Arc<ConnectionLimits>,
+        receivers: Arc<Receivers>,
         settings: GatewaySettings,
     ) -> Self {
         Self {
@@ -226,6 +229,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             client_ids: crate::client_ids::ClientIds::default(),
             filters: FilterBudget::default(),
+            receivers,
         }
     }
 
@@ -383,7 +387,8 @@ impl Gateway {
             },
         );
         let mut session =
-            Session::new(&identity.agency, self.settings.packet_limits, &self.filters);
+            Session::new(&identity.agency, self.settings.packet_limits, &self.filters)
+                .reporting_to(&self.receivers);
         let (client_rx, mut client_tx) = tokio::io::split(client);
         let (backend_rx, mut backend_tx) = tokio::io::split(backend);
         let mut client_rx = BufReader::with_capacity(RELAY_BUFFER, client_rx);

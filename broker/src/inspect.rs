@@ -652,6 +652,46 @@ impl FilterBudget {
     }
 }
 
+/// Whether `filter` (allowed for `agency`) can match a share's topic: an
+/// inbox filter other than the broker's own `in/_…` topics (checkpoints,
+/// witnessing, replay status).
+pub fn receives_shares(agency: &str, filter: &str) -> bool {
+    own(agency, filter)
+        .and_then(|rest| rest.strip_prefix("in/"))
+        .is_some_and(|inbox| !inbox.starts_with('_'))
+}
+
+/// How many connections of each agency are subscribed to a filter that can
+/// match its shares. A node of several delivers a share itself only if its
+/// recipient receives on it, and hands it off otherwise (ARCHITECTURE.md
+/// section 14.3).
+#[derive(Debug, Default)]
+pub struct Receivers {
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+impl Receivers {
+    /// The agencies with at least one receiving connection.
+    pub fn agencies(&self) -> Vec<String> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(agency, _)| agency.clone())
+            .collect()
+    }
+
+    fn change(&self, agency: &str, receiving: bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(agency.to_string()).or_default();
+        *n = if receiving {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+    }
+}
+
 /// What one connection is subscribed to, checked packet by packet.
 #[derive(Debug)]
 pub struct Session<'a> {
@@ -659,6 +699,15 @@ pub struct Session<'a> {
     limits: Limits,
     budget: &'a FilterBudget,
     filters: HashSet<String>,
+    /// Where this connection counts while it receives shares.
+    receivers: Option<&'a Receivers>,
+    receiving: bool,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.set_receiving(false);
+    }
 }
 
 impl<'a> Session<'a> {
@@ -669,7 +718,30 @@ impl<'a> Session<'a> {
             limits,
             budget,
             filters: HashSet::new(),
+            receivers: None,
+            receiving: false,
         }
+    }
+
+    /// Counts this connection in `receivers` while it is subscribed to a
+    /// filter that can match its agency's shares.
+    pub fn reporting_to(mut self, receivers: &'a Receivers) -> Self {
+        self.receivers = Some(receivers);
+        self
+    }
+
+    fn set_receiving(&mut self, receiving: bool) {
+        if receiving != self.receiving {
+            self.receiving = receiving;
+            if let Some(receivers) = self.receivers {
+                receivers.change(self.agency, receiving);
+            }
+        }
+    }
+
+    fn update_receiving(&mut self) {
+        let receiving = self.filters.iter().any(|f| receives_shares(self.agency, f));
+        self.set_receiving(receiving);
     }
 
     /// Checks one packet against the rules and updates the subscriptions.
@@ -703,12 +775,14 @@ impl<'a> Session<'a> {
                     }
                     self.filters.insert((*filter).to_string());
                 }
+                self.update_receiving();
                 Ok(())
             }
             ClientPacket::Unsubscribe(filters) => {
                 for filter in filters {
                     self.filters.remove(*filter);
                 }
+                self.update_receiving();
                 Ok(())
             }
             ClientPacket::Control => Ok(()),

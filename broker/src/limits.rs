@@ -132,11 +132,6 @@ impl ConnectionLimits {
             .filter(|(_, n)| *n > 0)
             .collect()
     }
-
-    /// The agencies with at least one open connection.
-    pub fn connected_agencies(&self) -> Vec<String> {
-        self.open_connections().into_keys().collect()
-    }
 }
 
 #[cfg(test)]

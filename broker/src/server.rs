@@ -27,6 +27,7 @@ use crate::cluster::{Cluster, ClusterHealth};
 use crate::config::BrokerConfig;
 use crate::console::{ConsoleState, ConsoleTls};
 use crate::gateway::{Gateway, GatewayError, GatewaySettings, TlsFiles, server_config};
+use crate::inspect::Receivers;
 use crate::limits::ConnectionLimits;
 use crate::metrics::{AgencyLabel, Metrics};
 use crate::mqtt::{Embedded, MqttError};
@@ -425,6 +426,7 @@ impl Broker {
             config.connection_attempts_per_minute,
             config.max_connections_per_agency,
         ));
+        let receivers = Arc::new(Receivers::default());
         let cluster = match &config.cluster {
             Some(settings) => {
                 let cluster = Arc::new(Cluster::open(settings)?);
@@ -446,7 +448,7 @@ impl Broker {
                 commands: commands_rx,
                 metrics: metrics.clone(),
                 witnesses: witnesses.clone(),
-                connections: connections.clone(),
+                receivers: receivers.clone(),
                 cluster: cluster.clone(),
             },
             config.router.clone(),
@@ -459,6 +461,7 @@ impl Broker {
             embedded.clone(),
             policy.clone(),
             connections,
+            receivers,
             GatewaySettings {
                 // One limit for the gateway and rumqttd behind it.
                 max_packet_bytes: config.mqtt.max_packet_bytes,

@@ -59,9 +59,12 @@ async fn shares_cross_nodes_and_replay_works_from_any_node() {
     let mut nodes = Nodes::new(3, &db.url);
     nodes.start_all().await;
 
-    // Published on node 0, for Linköping on node 1: handed off and claimed there.
+    // Published on node 0, for Linköping following on node 1: handed off
+    // and claimed there, although Linköping also has a connection on node 0
+    // (one that publishes and does not receive shares).
     let linkoping = nodes.agency("linkoping", 1).await;
     let mut inbox = linkoping.subscribe("#").await.unwrap();
+    let linkoping_publisher = nodes.agency("linkoping", 0).await;
     let fk = nodes.agency("forsakringskassan", 0).await;
     let receipt = fk
         .publish("welfare/incorrect-payment/ost", incorrect_payment("0580"))
@@ -72,6 +75,7 @@ async fn shares_cross_nodes_and_replay_works_from_any_node() {
     let share = next_share(&mut inbox).await;
     assert_eq!(share.share_id(), receipt.shares[0].share_id);
     share.ack().await.unwrap();
+    linkoping_publisher.close().await;
 
     // The acknowledgement, recorded by node 1, reaches the one log.
     let store = Store::open(&db.url).await.unwrap();

@@ -524,3 +524,50 @@ proptest::proptest! {
         prop_assert_eq!(checked.is_ok(), allowed, "{} {:?}", topic, checked);
     }
 }
+
+#[test]
+fn a_connection_counts_as_receiving_while_it_subscribes_to_its_shares() {
+    let (budget, receivers) = (FilterBudget::default(), Receivers::default());
+    let limits = Limits::default();
+    let sub = |filters: Vec<&'static str>| ClientPacket::Subscribe(filters);
+    let unsub = |filters: Vec<&'static str>| ClientPacket::Unsubscribe(filters);
+
+    let mut publisher = Session::new("polisen", limits, &budget).reporting_to(&receivers);
+    publisher
+        .check(&sub(vec!["/tenants/polisen/receipts"]))
+        .unwrap();
+    let mut witness = Session::new("polisen", limits, &budget).reporting_to(&receivers);
+    witness
+        .check(&sub(vec![
+            "/tenants/polisen/in/_witness/#",
+            "/tenants/polisen/in/_audit/checkpoint",
+        ]))
+        .unwrap();
+    assert!(
+        receivers.agencies().is_empty(),
+        "receipts and the broker's own topics carry no shares"
+    );
+
+    let mut follower = Session::new("polisen", limits, &budget).reporting_to(&receivers);
+    follower.check(&sub(vec!["/tenants/polisen/in/#"])).unwrap();
+    let mut second = Session::new("polisen", limits, &budget).reporting_to(&receivers);
+    second
+        .check(&sub(vec!["/tenants/polisen/in/akrim/+/inspection"]))
+        .unwrap();
+    assert_eq!(receivers.agencies(), ["polisen"]);
+    follower
+        .check(&unsub(vec!["/tenants/polisen/in/#"]))
+        .unwrap();
+    assert_eq!(
+        receivers.agencies(),
+        ["polisen"],
+        "the second still receives"
+    );
+    drop(second);
+    assert!(
+        receivers.agencies().is_empty(),
+        "a closed connection no longer counts"
+    );
+    drop((publisher, witness, follower));
+    assert!(receivers.agencies().is_empty());
+}

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::intake::Outbox;
 use crate::cluster::Cluster;
-use crate::limits::ConnectionLimits;
+use crate::inspect::Receivers;
 use crate::store::{HANDOFF_CHANNEL, Store};
 
 /// How often waiting handoffs are looked for without a notification.
@@ -30,7 +30,7 @@ const CLAIMS_PER_WAKE: usize = 16;
 pub struct HandoffWorker {
     pub(super) store: Store,
     pub(super) outbox: Outbox,
-    pub(super) connections: Arc<ConnectionLimits>,
+    pub(super) receivers: Arc<Receivers>,
     pub(super) cluster: Arc<Cluster>,
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -84,9 +84,9 @@ impl HandoffWorker {
         }
     }
 
-    /// The agencies with a connection on this node.
+    /// The agencies that receive shares on this node.
     fn connected(&self) -> Vec<String> {
-        self.connections.connected_agencies()
+        self.receivers.agencies()
     }
 
     /// Claims and publishes what waits for `recipients`.

@@ -43,7 +43,7 @@ use samverkan_sdk::time::Clock;
 use samverkan_sdk::topics;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub mod acks;
 pub mod check;
@@ -66,7 +66,7 @@ use crate::audit::subject::SubjectHasher;
 use crate::audit::tree::Frontier;
 use crate::cluster::{Cluster, Sequencing};
 use crate::config::AuditSettings;
-use crate::limits::ConnectionLimits;
+use crate::inspect::Receivers;
 use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
 use crate::policy::{PolicyHandle, PolicySet};
@@ -138,8 +138,8 @@ pub struct PipelineParts {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where the witness coordinator shows what it knows.
     pub witnesses: Arc<WitnessBoard>,
-    /// The agencies connected to this node (the gateway's count).
-    pub connections: Arc<ConnectionLimits>,
+    /// The agencies that receive shares on this node (the gateway's count).
+    pub receivers: Arc<Receivers>,
     /// This node's part, when it is one of several on one database.
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -191,7 +191,7 @@ pub struct Pipeline {
     /// Each new checkpoint, for the witness coordinator.
     heads: watch::Sender<Option<Arc<SignedHead>>>,
     witnesses: Arc<WitnessBoard>,
-    connections: Arc<ConnectionLimits>,
+    receivers: Arc<Receivers>,
     /// Several nodes: every append takes the sequencing lock, no batch is
     /// built before it has it, and shares for agencies connected elsewhere
     /// are handed off.
@@ -239,7 +239,7 @@ impl Pipeline {
             commands,
             metrics,
             witnesses,
-            connections,
+            receivers,
             cluster,
         } = parts;
         let outbox = Outbox::spawn(link.tx);
@@ -269,7 +269,7 @@ impl Pipeline {
             in_flight: None,
             heads: watch::channel(None).0,
             witnesses,
-            connections,
+            receivers,
             cluster,
         }
     }
@@ -436,7 +436,7 @@ impl Pipeline {
                 handoff::HandoffWorker {
                     store: self.store.clone(),
                     outbox: self.outbox.clone(),
-                    connections: self.connections.clone(),
+                    receivers: self.receivers.clone(),
                     cluster,
                     clock: self.clock.clone(),
                 }
@@ -661,6 +661,7 @@ impl Pipeline {
             return;
         };
 
+        let waited = Instant::now();
         let turn = match self.turn().await {
             Ok(t) => t,
             Err(e) => {
@@ -668,6 +669,7 @@ impl Pipeline {
                 return;
             }
         };
+        let locked = Instant::now();
         // A client that failed over may have resent an alert to another
         // node that accepted it after the check above: looked up again
         // under the lock, it is answered as a resend, not stored twice.
@@ -681,6 +683,7 @@ impl Pipeline {
                 }
             }
         }
+        let looked_up = Instant::now();
         let resent = check::resent_keys(&outcomes);
         let mut draft = self.appender.draft(policy.version());
         if self.recorded_policy.as_deref() != Some(policy.version())
@@ -704,6 +707,7 @@ impl Pipeline {
             error!("recording a batch failed: nothing of it is answered (publishers will resend)");
             return;
         };
+        let signed = Instant::now();
         let pending = match acks::pending(&self.store, &acked).await {
             Ok(p) => p,
             Err(e) => {
@@ -756,6 +760,7 @@ impl Pipeline {
             .audit
             .iter()
             .any(|e| e.kind == EntryKind::PolicyLoaded);
+        let sealing = Instant::now();
         if let Err(e) = self.commit_in(turn, draft).await {
             error!(error = %e, messages, "commit failed: nothing of that batch was answered (publishers will resend)");
             self.recorded_policy = None;
@@ -764,6 +769,17 @@ impl Pipeline {
         if policy_recorded {
             self.recorded_policy = Some(policy.version().to_string());
         }
+        let ms = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64() * 1000.0;
+        let done = Instant::now();
+        debug!(
+            messages,
+            lock_wait_ms = ms(waited, locked),
+            resend_lookup_ms = ms(locked, looked_up),
+            signing_ms = ms(looked_up, signed),
+            acks_and_handoffs_ms = ms(signed, sealing),
+            commit_ms = ms(sealing, done),
+            "batch appended under the sequencing lock"
+        );
         // Wake the nodes holding the recipients, after the commit and
         // outside it (a notifying commit takes a lock of its own); their
         // poll finds the shares if this is lost.
@@ -806,9 +822,9 @@ impl Pipeline {
         }
     }
 
-    /// The agencies with a connection on this node.
+    /// The agencies that receive shares on this node.
     fn connected_here(&self) -> HashSet<String> {
-        self.connections.connected_agencies().into_iter().collect()
+        self.receivers.agencies().into_iter().collect()
     }
 
     /// Alerts accepted earlier, by (publisher, alert id): committed ones

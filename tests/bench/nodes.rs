@@ -9,7 +9,7 @@
 //! one another: the lock admits at most 1 / hold appends per second.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -90,51 +90,76 @@ impl Nodes {
         let binary = targets::sibling("samverkan")?;
         let mut nodes = Vec::new();
         for i in 0..count {
-            // Ports are picked as each node starts: the ones before it
-            // already hold theirs.
-            let port = free_port();
-            let admin = loop {
-                let p = free_port();
-                if p != port {
-                    break p;
+            // A port picked free can be taken before the node binds it (by
+            // a client's outgoing connection, say): then pick again.
+            let mut attempt = 0;
+            let node = loop {
+                attempt += 1;
+                match Self::start_one(dir, &binary, &database.url, i, label).await {
+                    Ok(node) => break node,
+                    Err(e)
+                        if attempt < 3 && format!("{e:#}").contains("Address already in use") =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             };
-            let config = format!("{label}-node-{i}.toml");
-            std::fs::write(
-                dir.join(&config),
-                format!(
-                    "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[console]\nlisten = \"off\"\n\n[router]\nbatch_max = 2048\n\n[cluster]\nnode = \"node-{i}\"\nstate_dir = \"state-{label}-{i}\"\n",
-                    database.url
-                ),
-            )?;
-            let log = dir.join(format!("{label}-node-{i}.log"));
-            let child = Command::new(&binary)
-                .args(["serve", "--config", &config])
-                .current_dir(dir)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("SAMVERKAN_BENCH_LOG").unwrap_or_else(|_| {
-                        "warn,rumqttd=error,rumqttd::server::broker=off".into()
-                    }),
-                )
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()?;
-            let mut node = Node {
-                name: format!("node-{i}"),
-                child,
-                port,
-                admin,
-                log,
-            };
-            targets::wait_for_port(port, &mut node.child, &node.log).await?;
-            targets::wait_for_port(admin, &mut node.child, &node.log).await?;
             nodes.push(node);
         }
         Ok(Self {
             nodes,
             _database: database,
         })
+    }
+
+    /// Starts node `i`: its ports, configuration and process; waits until
+    /// it listens.
+    async fn start_one(
+        dir: &Path,
+        binary: &Path,
+        url: &str,
+        i: usize,
+        label: &str,
+    ) -> Result<Node> {
+        let port = free_port();
+        let admin = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
+        let config = format!("{label}-node-{i}.toml");
+        std::fs::write(
+            dir.join(&config),
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_agency = 2000\nconnection_attempts_per_minute = 100000\n\n[store]\nurl = \"{url}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[console]\nlisten = \"off\"\n\n[router]\nbatch_max = 2048\n\n[cluster]\nnode = \"node-{i}\"\nstate_dir = \"state-{label}-{i}\"\n"
+            ),
+        )?;
+        let log = dir.join(format!("{label}-node-{i}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(binary)
+            .args(["serve", "--config", &config])
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("SAMVERKAN_BENCH_LOG")
+                    .unwrap_or_else(|_| "warn,rumqttd=error,rumqttd::server::broker=off".into()),
+            )
+            // The broker logs to standard output.
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()?;
+        let mut node = Node {
+            name: format!("node-{i}"),
+            child,
+            port,
+            admin,
+            log,
+        };
+        targets::wait_for_port(port, &mut node.child, &node.log).await?;
+        targets::wait_for_port(admin, &mut node.child, &node.log).await?;
+        Ok(node)
     }
 
     /// Fails with the node's log if a node has ended.
@@ -315,7 +340,11 @@ fn postgres_cpu() -> std::collections::HashMap<u32, f64> {
 /// The warning and error lines of a node's log, and the first few.
 fn log_summary(log: &Path) -> (usize, Vec<String>) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // The start-up summary is not a warning: only WARN and ERROR lines.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+        .collect();
     (
         lines.len(),
         lines.iter().take(5).map(|l| l.to_string()).collect(),

@@ -343,7 +343,7 @@ fn log_summary(log: &Path) -> (usize, Vec<String>) {
     // The start-up summary is not a warning: only WARN and ERROR lines.
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+        .filter(|l| l.contains(" WARN") || l.contains(" ERROR") || l.contains("panicked"))
         .collect();
     (
         lines.len(),

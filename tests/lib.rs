@@ -525,7 +525,12 @@ pub struct BrokerProcess {
     pub store_url: String,
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// How many starts the log showed when the process was spawned.
+    starts_before: usize,
 }
+
+/// The line a broker logs once it accepts connections.
+const ACCEPTING: &str = "accepting MQTT over mutual TLS";
 
 impl BrokerProcess {
     /// Prepares a directory and configuration on SQLite (not started yet).
@@ -546,6 +551,7 @@ impl BrokerProcess {
             store_url,
             child: None,
             log,
+            starts_before: 0,
         }
     }
 
@@ -558,6 +564,7 @@ impl BrokerProcess {
     /// Starts the process without waiting for it.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
+        self.starts_before = self.log_text().matches(ACCEPTING).count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -577,10 +584,15 @@ impl BrokerProcess {
     /// Waits until the started process listens on its ports.
     pub async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut moves = 0;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
+            // Ports that answer may be another process's, picked free by a
+            // test running beside this one: ready is when this broker says
+            // it accepts.
+            if self.log_text().matches(ACCEPTING).count() > self.starts_before
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
                 && tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
                     .await
                     .is_ok()
@@ -592,10 +604,15 @@ impl BrokerProcess {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "the broker exited at start ({status}):\n{}",
-                    self.log_text()
-                );
+                self.child = None;
+                let log = self.log_text();
+                if log.contains("Address already in use") && moves < 3 {
+                    moves += 1;
+                    self.move_ports();
+                    self.spawn();
+                    continue;
+                }
+                panic!("the broker exited at start ({status}):\n{log}");
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -604,6 +621,26 @@ impl BrokerProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// New free ports for the public and admin listeners, written into the
+    /// configuration (after another process took one first), and a fresh log.
+    fn move_ports(&mut self) {
+        let (port, admin_port) = (free_port(), free_port());
+        let path = self.dir.path().join("samverkan.toml");
+        let config = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                &format!("127.0.0.1:{}", self.port),
+                &format!("127.0.0.1:{port}"),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.admin_port),
+                &format!("127.0.0.1:{admin_port}"),
+            );
+        std::fs::write(&path, config).unwrap();
+        let _ = std::fs::remove_file(&self.log);
+        (self.port, self.admin_port) = (port, admin_port);
     }
 
     /// Kills the process with SIGKILL (no chance to clean up).
@@ -889,6 +926,7 @@ impl BrokerProcess {
             store_url,
             child: None,
             log,
+            starts_before: 0,
         }
     }
 

@@ -290,6 +290,20 @@ impl Traffic {
             alerts, receipts,
             "every alert with a receipt is in the log, once"
         );
+        let mut recorded = 0;
+        for (agency, _) in RECEIVERS {
+            recorded += store.delivery_count(agency).await.unwrap();
+        }
+        assert_eq!(
+            recorded,
+            expected.len() as u64,
+            "one delivery row per share"
+        );
+        println!(
+            "{receipts} receipts; {} log entries; {recorded} deliveries recorded, {} handed to the applications, each once",
+            store.next_audit_index().await.unwrap(),
+            received.len()
+        );
         store.close().await;
         (receipts, expected.len())
     }

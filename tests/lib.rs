@@ -623,13 +623,9 @@ impl BrokerProcess {
         }
     }
 
-    /// New free ports for the public and admin listeners, written into the
-    /// configuration (after another process took one first), and a fresh log.
-    fn move_ports(&mut self) {
-        let (port, admin_port) = (free_port(), free_port());
-        let path = self.dir.path().join("samverkan.toml");
-        let config = std::fs::read_to_string(&path)
-            .unwrap()
+    /// `config` (this broker's) with `port` and `admin_port` for its own.
+    fn with_ports(&self, config: &str, port: u16, admin_port: u16) -> String {
+        config
             .replace(
                 &format!("127.0.0.1:{}", self.port),
                 &format!("127.0.0.1:{port}"),
@@ -637,7 +633,15 @@ impl BrokerProcess {
             .replace(
                 &format!("127.0.0.1:{}", self.admin_port),
                 &format!("127.0.0.1:{admin_port}"),
-            );
+            )
+    }
+
+    /// New free ports for the public and admin listeners, written into the
+    /// configuration (after another process took one first), and a fresh log.
+    fn move_ports(&mut self) {
+        let (port, admin_port) = (free_port(), free_port());
+        let path = self.dir.path().join("samverkan.toml");
+        let config = self.with_ports(&std::fs::read_to_string(&path).unwrap(), port, admin_port);
         std::fs::write(&path, config).unwrap();
         let _ = std::fs::remove_file(&self.log);
         (self.port, self.admin_port) = (port, admin_port);
@@ -906,15 +910,11 @@ impl BrokerProcess {
         let port = free_port();
         let admin_port = free_port();
         let store_url = format!("sqlite://{}", dir.path().join("samverkan.db").display());
-        let config = std::fs::read_to_string(self.dir.path().join("samverkan.toml"))
-            .unwrap()
-            .replace(
-                &format!("127.0.0.1:{}", self.port),
-                &format!("127.0.0.1:{port}"),
-            )
-            .replace(
-                &format!("127.0.0.1:{}", self.admin_port),
-                &format!("127.0.0.1:{admin_port}"),
+        let config = self
+            .with_ports(
+                &std::fs::read_to_string(self.dir.path().join("samverkan.toml")).unwrap(),
+                port,
+                admin_port,
             )
             .replace(&self.store_url, &store_url);
         std::fs::write(dir.path().join("samverkan.toml"), config).unwrap();

@@ -4,8 +4,7 @@
 //! or duplicates anything; a database rolled back behind a published
 //! checkpoint makes the nodes stop appending and signing.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use samverkan_broker::audit::EntryKind;
@@ -16,7 +15,7 @@ use samverkan_e2e::{Backend, TestDatabase, prepare_dir};
 use samverkan_sdk::client::Client;
 use samverkan_sdk::messages::{Receipt, ReceiptStatus};
 
-use crate::crash::{Tally, alert_for, count_shares};
+use crate::crash::{Tally, alert_for, count_shares, wait_for_all};
 use crate::fixtures::{incorrect_payment, next_item, next_share};
 
 /// Alerts each publisher sends in a traffic run.
@@ -157,8 +156,7 @@ async fn shares_cross_nodes_and_replay_works_from_any_node() {
 /// Steady traffic over the nodes: publishers and receivers on different
 /// nodes, each receiver counting what the application is handed.
 struct Traffic {
-    received: Arc<Mutex<HashMap<(String, String), u32>>>,
-    refused: Arc<Mutex<Vec<String>>>,
+    tally: Tally,
     receivers: Vec<tokio::task::JoinHandle<()>>,
     publishers: Vec<tokio::task::JoinHandle<Vec<Receipt>>>,
 }
@@ -191,8 +189,7 @@ impl Traffic {
             }));
         }
         Self {
-            received: tally.received,
-            refused: tally.refused,
+            tally,
             receivers,
             publishers,
         }
@@ -215,45 +212,26 @@ impl Traffic {
             }
         }
         assert_eq!(receipts, PUBLISHERS.len() * PER_PUBLISHER);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let missing: Vec<_> = {
-                let got = self.received.lock().unwrap();
-                expected
-                    .iter()
-                    .filter(|k| !got.contains_key(*k))
-                    .cloned()
-                    .collect()
-            };
-            if missing.is_empty() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {} shares never arrived, e.g. {:?}\n{}",
-                missing.len(),
-                expected.len(),
-                &missing[..missing.len().min(3)],
-                nodes
-                    .nodes
-                    .iter()
-                    .map(|n| n.log_text())
-                    .collect::<Vec<_>>()
-                    .join("\n----\n")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_all(&self.tally, &expected, || {
+            nodes
+                .nodes
+                .iter()
+                .map(|n| n.log_text())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        })
+        .await;
         // Late duplicates get a moment to show.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for r in self.receivers {
             r.abort();
         }
         assert!(
-            self.refused.lock().unwrap().is_empty(),
+            self.tally.refused.lock().unwrap().is_empty(),
             "{:?}",
-            self.refused.lock().unwrap()
+            self.tally.refused.lock().unwrap()
         );
-        let received = self.received.lock().unwrap().clone();
+        let received = self.tally.received.lock().unwrap().clone();
         for (key, count) in &received {
             assert_eq!(
                 *count, 1,

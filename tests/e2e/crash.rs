@@ -96,6 +96,38 @@ pub(crate) async fn count_shares(
     })
 }
 
+/// Waits up to 60 s until every one of `expected` (agency, share id) has been
+/// handed to its application; fails naming those missing, with `logs()`.
+pub(crate) async fn wait_for_all(
+    tally: &Tally,
+    expected: &std::collections::HashSet<(String, String)>,
+    logs: impl Fn() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<_> = {
+            let got = tally.received.lock().unwrap();
+            expected
+                .iter()
+                .filter(|k| !got.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} shares never arrived, e.g. {:?}\n{}",
+            missing.len(),
+            expected.len(),
+            &missing[..missing.len().min(5)],
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
     let mut broker = BrokerProcess::new();
@@ -165,28 +197,8 @@ async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
     );
 
     // Every share with a receipt reaches its recipient (replayed after restarts).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let missing: Vec<_> = {
-            let got = received.lock().unwrap();
-            expected
-                .keys()
-                .filter(|k| !got.contains_key(*k))
-                .cloned()
-                .collect()
-        };
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} shares never arrived, e.g. {:?}\n{}",
-            missing.len(),
-            &missing[..missing.len().min(5)],
-            broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let keys = expected.keys().cloned().collect();
+    wait_for_all(&tally, &keys, || broker.log_text()).await;
     // Give late duplicates a chance to show, then stop gracefully.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = broker.signal_and_wait("TERM", Duration::from_secs(15));

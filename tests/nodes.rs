@@ -79,9 +79,4 @@ impl BrokerProcess {
         .unwrap();
         self.store_url = url.to_string();
     }
-
-    /// Whether the process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
 }

@@ -65,7 +65,7 @@ pub struct ClusterHealth {
     /// Why the no-fork guard stopped it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
-    /// Checkpoints this node signed since start, and the newest one's size.
+    /// Checkpoints this node signed since start.
     pub checkpoints_signed: u64,
     /// The size of the newest checkpoint this node signed.
     pub last_checkpoint_signed: u64,
@@ -140,17 +140,27 @@ impl Cluster {
 
     /// Checks that the database's log of `size` entries contains the newest
     /// checkpoint published, from this node's file and from the database,
-    /// and keeps the newer of the two in the file. Once it has failed it
-    /// keeps failing.
-    pub async fn guard(&self, store: &Store, size: u64) -> Result<(), StoreError> {
+    /// and keeps the newer of the two in the file; returns the database's
+    /// newest. Once it has failed it keeps failing.
+    pub async fn guard(
+        &self,
+        store: &Store,
+        size: u64,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
         if let Some(reason) = self.halted() {
             return Err(StoreError::Forked(reason));
         }
         let local = self.published().map_err(|e| self.halt(e))?;
         let stored = store.latest_checkpoint().await?;
+        // Usually the file holds the database's newest: checked once.
+        let same =
+            |a: &StoredCheckpoint, b: &StoredCheckpoint| a.size == b.size && a.root == b.root;
+        let local_to_check = local
+            .as_ref()
+            .filter(|l| stored.as_ref().is_none_or(|s| !same(l, s)));
         for (cp, source) in [
-            (&local, "this node's state file"),
-            (&stored, "the database"),
+            (local_to_check, "this node's state file"),
+            (stored.as_ref(), "the database"),
         ] {
             let Some(cp) = cp else { continue };
             if cp.size > size {
@@ -166,12 +176,12 @@ impl Cluster {
                 )));
             }
         }
-        if let Some(stored) = stored
+        if let Some(stored) = &stored
             && local.as_ref().is_none_or(|l| l.size < stored.size)
         {
             self.keep(&stored.note).map_err(|e| self.halt(e))?;
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// This node signed and stored `cp`: it is the newest published.

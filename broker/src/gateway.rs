@@ -176,7 +176,7 @@ pub struct Gateway {
     tls: RwLock<Arc<ServerConfig>>,
     embedded: Arc<Embedded>,
     policy: Arc<PolicyHandle>,
-    limits: Arc<ConnectionLimits>,
+    limits: ConnectionLimits,
     settings: GatewaySettings,
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_id: AtomicU64,
@@ -215,7 +215,7 @@ impl Gateway {
         tls: Arc<ServerConfig>,
         embedded: Arc<Embedded>,
         policy: Arc<PolicyHandle>,
-        limits: Arc<ConnectionLimits>,
+        limits: ConnectionLimits,
         receivers: Arc<Receivers>,
         settings: GatewaySettings,
     ) -> Self {

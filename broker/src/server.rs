@@ -422,10 +422,6 @@ impl Broker {
 
         let metrics = Arc::new(Metrics::new());
         let witnesses = Arc::new(WitnessBoard::default());
-        let connections = Arc::new(ConnectionLimits::new(
-            config.connection_attempts_per_minute,
-            config.max_connections_per_agency,
-        ));
         let receivers = Arc::new(Receivers::default());
         let cluster = match &config.cluster {
             Some(settings) => {
@@ -460,7 +456,10 @@ impl Broker {
             tls,
             embedded.clone(),
             policy.clone(),
-            connections,
+            ConnectionLimits::new(
+                config.connection_attempts_per_minute,
+                config.max_connections_per_agency,
+            ),
             receivers,
             GatewaySettings {
                 // One limit for the gateway and rumqttd behind it.

@@ -211,8 +211,7 @@ impl Pipeline {
         let mut turn = self.turn().await?;
         if let Some(cluster) = self.cluster.clone() {
             let size = self.appender.committed_size();
-            cluster.guard(&self.store, size).await?;
-            if let Some(newest) = self.store.latest_checkpoint().await? {
+            if let Some(newest) = cluster.guard(&self.store, size).await? {
                 // Whoever signed the newest, the next one chains to it.
                 self.appender.checkpoint_stored(newest.size);
                 if newest.size >= size {

@@ -71,7 +71,9 @@ use crate::limits::PublishLimits;
 use crate::mqtt::RouterLink;
 use crate::policy::{PolicyHandle, PolicySet};
 use crate::signer::BrokerSigner;
-use crate::store::{Append, Commit, HandoffRow, KnownAlert, Store, StoreError};
+use crate::store::{
+    Append, Commit, DeliveryRow, Handoff, HandoffRow, KnownAlert, Store, StoreError,
+};
 use crate::witness::{Coordinator, SignedHead, WitnessBoard};
 
 /// The topic filters the pipeline subscribes to.
@@ -295,8 +297,9 @@ impl Pipeline {
         Ok(Turn(Some((append, holding, since))))
     }
 
-    /// Seals `draft` and commits it in `turn`.
-    async fn commit_in(&mut self, turn: Turn, draft: Draft) -> Result<Sealed, StoreError> {
+    /// Seals `draft`, commits it in `turn` and waits for it; the appender
+    /// moves on only if it committed. Never called with a batch in flight.
+    async fn commit_now(&mut self, turn: Turn, draft: Draft) -> Result<(), StoreError> {
         let sealed = self.appender.seal(draft)?;
         let started = Instant::now();
         let result = match turn.0 {
@@ -319,15 +322,8 @@ impl Pipeline {
             .observe(started.elapsed().as_secs_f64());
         count_commit(&self.metrics, &sealed.commit, sealed.next);
         self.appender.launched(sealed.next, &sealed.frontier);
-        self.appender.committed(sealed.frontier.clone());
-        Ok(sealed)
-    }
-
-    /// Commits a draft made outside the batch pipeline (policy, purge,
-    /// access) in `turn` and waits for it; the appender moves on only if it
-    /// committed. Never called with a batch in flight.
-    async fn commit_now(&mut self, turn: Turn, draft: Draft) -> Result<(), StoreError> {
-        self.commit_in(turn, draft).await.map(drop)
+        self.appender.committed(sealed.frontier);
+        Ok(())
     }
 
     /// Waits for the batch in flight. False if it did not commit: its
@@ -730,38 +726,21 @@ impl Pipeline {
                 }
             }
         }
-        let here = self.connected_here();
-        let mut elsewhere: Vec<String> = Vec::new();
-        let mut hand_off = |row: HandoffRow| {
-            if !elsewhere.contains(&row.recipient) {
-                elsewhere.push(row.recipient.clone());
-            }
-            draft.commit.handoffs.push(row);
-        };
-        for d in &draft.commit.deliveries.clone() {
-            if !here.contains(&d.recipient) {
-                hand_off(HandoffRow::from(d));
-            }
-        }
         let mut deliveries = std::mem::take(&mut recorded.deliveries);
-        for share in redeliver {
-            if here.contains(&share.recipient) {
-                deliveries.push((topics::inbox(&share.recipient, &share.topic), share.payload));
-            } else {
-                hand_off(HandoffRow {
-                    audit_idx: share.audit_idx,
-                    recipient: share.recipient,
-                    created_at_ms: share.created_at_ms,
-                });
-            }
-        }
+        let (handoffs, local) =
+            plan_handoffs(&draft.commit.deliveries, redeliver, &self.receiving_here());
+        deliveries.extend(local);
+        let mut elsewhere: Vec<String> = handoffs.iter().map(|h| h.recipient.clone()).collect();
+        elsewhere.sort();
+        elsewhere.dedup();
+        draft.commit.handoffs = handoffs;
         let policy_recorded = draft
             .commit
             .audit
             .iter()
             .any(|e| e.kind == EntryKind::PolicyLoaded);
         let sealing = Instant::now();
-        if let Err(e) = self.commit_in(turn, draft).await {
+        if let Err(e) = self.commit_now(turn, draft).await {
             error!(error = %e, messages, "commit failed: nothing of that batch was answered (publishers will resend)");
             self.recorded_policy = None;
             return;
@@ -823,7 +802,7 @@ impl Pipeline {
     }
 
     /// The agencies that receive shares on this node.
-    fn connected_here(&self) -> HashSet<String> {
+    fn receiving_here(&self) -> HashSet<String> {
         self.receivers.agencies().into_iter().collect()
     }
 
@@ -843,6 +822,34 @@ impl Pipeline {
         }
         Ok(known)
     }
+}
+
+/// Which shares a node hands off: those of `deliveries` and `redeliver`
+/// whose recipient does not receive shares `here`. The redelivered ones
+/// whose recipient does are returned as (topic, message) to send from here.
+fn plan_handoffs(
+    deliveries: &[DeliveryRow],
+    redeliver: Vec<Handoff>,
+    here: &HashSet<String>,
+) -> (Vec<HandoffRow>, Vec<(String, Vec<u8>)>) {
+    let mut handoffs: Vec<HandoffRow> = deliveries
+        .iter()
+        .filter(|d| !here.contains(&d.recipient))
+        .map(HandoffRow::from)
+        .collect();
+    let mut local = Vec::new();
+    for share in redeliver {
+        if here.contains(&share.recipient) {
+            local.push((topics::inbox(&share.recipient, &share.topic), share.payload));
+        } else {
+            handoffs.push(HandoffRow {
+                audit_idx: share.audit_idx,
+                recipient: share.recipient,
+                created_at_ms: share.created_at_ms,
+            });
+        }
+    }
+    (handoffs, local)
 }
 
 /// A batch's alerts (parsed, no signature work yet), acknowledgements and

@@ -225,9 +225,4 @@ impl Store {
         }
         Ok(())
     }
-
-    /// The URL of the database written to (for a `LISTEN` connection of its own).
-    pub fn target_url(&self) -> String {
-        self.target.read().map(|u| u.clone()).unwrap_or_default()
-    }
 }

@@ -141,10 +141,12 @@ impl Store {
 
     /// `host:port` of the database written to.
     pub fn target_host(&self) -> String {
-        match self.target.read() {
-            Ok(url) => hosts::host_of(&url),
-            Err(_) => String::new(),
-        }
+        hosts::host_of(&self.target_url())
+    }
+
+    /// The URL of the database written to (for a `LISTEN` connection of its own).
+    pub fn target_url(&self) -> String {
+        self.target.read().map(|u| u.clone()).unwrap_or_default()
     }
 
     /// Whether the URL lists several hosts (a primary and its standbys).

@@ -117,6 +117,7 @@ impl Commit {
             && self.subjects.is_empty()
             && self.purges.is_empty()
             && self.policy.is_none()
+            && self.handoffs.is_empty()
     }
 }
 
